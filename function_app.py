@@ -1,0 +1,10 @@
+"""Signalbox's Azure Functions app: the blueprints, composed. Nothing else lives here."""
+
+import azure.functions as func
+
+from functions import approvals, ingress, pipeline
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(ingress.bp)
+app.register_functions(pipeline.bp)
+app.register_functions(approvals.bp)

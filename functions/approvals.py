@@ -1,0 +1,56 @@
+"""People in the loop: approve or reject a staged version, read a model's lifecycle."""
+
+from __future__ import annotations
+
+import json
+
+import azure.functions as func
+
+from functions.http_util import json_response, problem
+from shared import runtime
+
+bp = func.Blueprint()
+
+
+@bp.route(route="approvals/{model}/{version:int}/{decision}", methods=["POST"],
+          auth_level=func.AuthLevel.FUNCTION)
+def approval(req: func.HttpRequest) -> func.HttpResponse:
+    """POST approve|reject for a version waiting for approval (function key)."""
+    from shared import handlers
+
+    decision = req.route_params.get("decision", "")
+    if decision not in ("approve", "reject"):
+        return problem(404, f"unknown decision {decision!r}: use approve or reject")
+    who = "unknown"
+    if req.get_body():
+        try:
+            body = json.loads(req.get_body())
+        except ValueError:
+            return problem(400, "body must be JSON like {\"by\": \"name\"} or empty")
+        if not isinstance(body, dict):
+            return problem(400, "body must be a JSON object")
+        who = str(body.get("by") or who)
+    svc = runtime.services()
+    model, version = req.route_params["model"], req.route_params["version"]
+    try:
+        outcome = handlers.request_approval_decision(model, version, decision == "approve", who, svc)
+    except KeyError as exc:
+        return problem(404, str(exc.args[0]))
+    except LookupError as exc:
+        return problem(404, str(exc))
+    except ValueError as exc:
+        return problem(409, str(exc))
+    return json_response({"model": model, "version": version, "decision": outcome}, 202)
+
+
+@bp.route(route="status/{model}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def status(req: func.HttpRequest) -> func.HttpResponse:
+    """A model's lifecycle read back from the registry (JSON)."""
+    from shared.lifecycle import lifecycle
+
+    svc = runtime.services()
+    model = req.route_params["model"]
+    try:
+        return json_response(lifecycle(model, svc))
+    except KeyError as exc:
+        return problem(404, str(exc.args[0]))

@@ -1,0 +1,131 @@
+"""Ingress: Event Grid subscriptions and inbound webhooks → one command per cause.
+
+They only validate, authenticate, translate and enqueue, and answer fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import azure.functions as func
+
+from functions.http_util import json_response, problem
+from shared import events, runtime
+
+bp = func.Blueprint()
+log = logging.getLogger("signalbox.ingress")
+
+
+def _event(raw: func.EventGridEvent) -> events.KnownEvent | None:
+    known = events.interpret(events.InboundEvent.from_function_event(raw))
+    if known is None:
+        log.info("ignored event %s of type %s", raw.id, raw.event_type)
+    return known
+
+
+@bp.event_grid_trigger(arg_name="event")
+def landing_events(event: func.EventGridEvent) -> None:
+    """Storage system topic of the landing account: BlobCreated → train."""
+    from shared import handlers
+
+    known = _event(event)
+    if isinstance(known, events.BlobCreated):
+        handlers.land_blob(known, runtime.services())
+
+
+@bp.event_grid_trigger(arg_name="event")
+def workspace_events(event: func.EventGridEvent) -> None:
+    """Azure ML workspace system topic: new versions, finished runs, drift."""
+    from shared import handlers
+
+    known = _event(event)
+    svc = runtime.services()
+    if isinstance(known, events.ModelRegistered):
+        handlers.new_version(known.model_name, known.model_version, "azureml", svc)
+    elif isinstance(known, events.RunCompleted | events.RunStatusChanged):
+        model = known.tags.get("signalbox.model") or known.experiment_name
+        if model and known.run_status.lower() in ("completed", "failed", "canceled", "cancelled"):
+            handlers.run_finished("azureml", known.run_id, str(model), svc)
+    elif isinstance(known, events.DatasetDriftDetected):
+        entry = svc.catalogue.for_drift_monitor(known.data_drift_name)
+        if entry is None:
+            log.info("ignored drift from monitor %s: no catalogue model lists it", known.data_drift_name)
+        else:
+            handlers.drift_detected(entry.name, known.event_id, svc)
+
+
+@bp.event_grid_trigger(arg_name="event")
+def alert_events(event: func.EventGridEvent) -> None:
+    """Signalbox's custom topic: our drift-alert CloudEvent → train (with cooldown)."""
+    from shared import handlers
+
+    known = _event(event)
+    if isinstance(known, events.DriftAlert):
+        handlers.drift_alert(known, runtime.services())
+
+
+@bp.route(route="webhooks/mlflow", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def mlflow_webhook(req: func.HttpRequest) -> func.HttpResponse:
+    """MLflow registry webhook (HMAC-signed): model_version.created → evaluate."""
+    from shared import handlers, webhooks
+
+    svc = runtime.services()
+    secret = svc.settings.mlflow_webhook_secret
+    if not secret:
+        return problem(503, "SIGNALBOX_MLFLOW_WEBHOOK_SECRET is not set; this webhook cannot be verified")
+    body = req.get_body()
+    try:
+        delivery = webhooks.verify_mlflow(req.headers, body, secret, now=time.time(),
+                                          tolerance_seconds=svc.settings.webhook_tolerance_seconds)
+        event = webhooks.parse_mlflow(body, delivery)
+    except webhooks.WebhookRejected as exc:
+        return problem(exc.status, str(exc))
+    if event.entity != "model_version" or event.action != "created" or not event.model_name or not event.version:
+        return json_response({"outcome": "ignored"})
+    return json_response({"outcome": handlers.new_version(event.model_name, event.version, "mlflow", svc)})
+
+
+@bp.route(route="webhooks/databricks", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def databricks_webhook(req: func.HttpRequest) -> func.HttpResponse:
+    """Databricks registry webhooks and job notifications (HMAC-signed)."""
+    from shared import handlers, webhooks
+
+    svc = runtime.services()
+    secret = svc.settings.databricks_webhook_secret
+    if not secret:
+        return problem(503, "SIGNALBOX_DATABRICKS_WEBHOOK_SECRET is not set; this webhook cannot be verified")
+    body = req.get_body()
+    try:
+        webhooks.verify_databricks(req.headers, body, secret)
+        event = webhooks.parse_databricks(body)
+    except webhooks.WebhookRejected as exc:
+        return problem(exc.status, str(exc))
+    if event.event == "MODEL_VERSION_CREATED" and event.model_name and event.version:
+        return json_response({"outcome": handlers.new_version(event.model_name, event.version, "databricks", svc)})
+    if event.event.startswith("jobs.") and event.run_id and event.model_name:
+        return json_response({"outcome": handlers.run_finished("databricks", event.run_id, event.model_name, svc)})
+    return json_response({"outcome": "ignored"})
+
+
+@bp.route(route="webhooks/github", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def github_webhook(req: func.HttpRequest) -> func.HttpResponse:
+    """GitHub push webhook (X-Hub-Signature-256): a push to a mapped branch → train."""
+    from shared import handlers, webhooks
+
+    svc = runtime.services()
+    secret = svc.settings.github_webhook_secret
+    if not secret:
+        return problem(503, "SIGNALBOX_GITHUB_WEBHOOK_SECRET is not set; this webhook cannot be verified")
+    body = req.get_body()
+    try:
+        webhooks.verify_github(req.headers, body, secret)
+        push = webhooks.parse_github(req.headers, body)
+    except webhooks.WebhookRejected as exc:
+        return problem(exc.status, str(exc))
+    if push == "ping":
+        return json_response({"outcome": "pong"})
+    if push is None:
+        return json_response({"outcome": "ignored"})
+    return json_response({"outcome": "train" if (started := handlers.code_pushed(push, svc)) else "ignored",
+                          "models": started})

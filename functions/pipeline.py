@@ -1,0 +1,64 @@
+"""Pipeline: one Service Bus trigger per queue, each running one handler.
+
+An exception abandons the message (the Python worker's behaviour); after the queue's
+MaxDeliveryCount it is dead-lettered with the error. Promote and deploy use sessions
+(session id = model name) so one model's stage changes never interleave.
+"""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from shared import queues, runtime
+
+bp = func.Blueprint()
+
+CONNECTION = "ServiceBusConnection"
+
+
+def _envelope(message: func.ServiceBusMessage, queue: str):  # type: ignore[no-untyped-def]
+    from shared.contracts import parse_envelope
+
+    return parse_envelope(message.get_body(), queue=queue)
+
+
+@bp.service_bus_queue_trigger(arg_name="message", queue_name=queues.TRAIN, connection=CONNECTION)
+def train(message: func.ServiceBusMessage) -> None:
+    """Launch training (or a rule-based model's scoring job)."""
+    from shared import handlers
+
+    handlers.train(_envelope(message, queues.TRAIN), runtime.services())
+
+
+@bp.service_bus_queue_trigger(arg_name="message", queue_name=queues.POLL_RUN, connection=CONNECTION)
+def poll_run(message: func.ServiceBusMessage) -> None:
+    """Check a running job; reschedule or move on."""
+    from shared import handlers
+
+    handlers.poll_run(_envelope(message, queues.POLL_RUN), runtime.services())
+
+
+@bp.service_bus_queue_trigger(arg_name="message", queue_name=queues.EVALUATE, connection=CONNECTION)
+def evaluate(message: func.ServiceBusMessage) -> None:
+    """Challenger against champion."""
+    from shared import handlers
+
+    handlers.evaluate(_envelope(message, queues.EVALUATE), runtime.services())
+
+
+@bp.service_bus_queue_trigger(arg_name="message", queue_name=queues.PROMOTE, connection=CONNECTION,
+                              is_sessions_enabled=True)
+def promote(message: func.ServiceBusMessage) -> None:
+    """Stage tags and approval, one model at a time."""
+    from shared import handlers
+
+    handlers.promote(_envelope(message, queues.PROMOTE), runtime.services())
+
+
+@bp.service_bus_queue_trigger(arg_name="message", queue_name=queues.DEPLOY, connection=CONNECTION,
+                              is_sessions_enabled=True)
+def deploy(message: func.ServiceBusMessage) -> None:
+    """Blue/green deployment with smoke test and rollback, one model at a time."""
+    from shared import handlers
+
+    handlers.deploy(_envelope(message, queues.DEPLOY), runtime.services())

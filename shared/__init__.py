@@ -1,0 +1,1 @@
+"""Signalbox's own code: contracts, domain, handlers, ports, adapters and settings."""

@@ -1,0 +1,55 @@
+"""The landing zone and lifecycle events of the embedded default: folders in the state dir."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+
+def local_path(uri: str) -> Path:
+    """The file behind a ``file://`` URI or a plain path."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("", "file"):
+        return Path(unquote(parts.path))
+    raise OSError(f"{uri} is not a local file (the local landing zone reads file:// URIs)")
+
+
+class LocalLandingZone:
+    """Landed files are plain files; their URIs are ``file://`` URIs."""
+
+    def size(self, uri: str) -> int:
+        """Bytes in the file; ``OSError`` when it is missing or unreadable."""
+        path = local_path(uri)
+        with path.open("rb") as handle:  # opening proves it is readable, not just present
+            handle.read(1)
+        return path.stat().st_size
+
+
+class LocalLifecycleEvents:
+    """Appends Signalbox's lifecycle events as CloudEvents to ``events.jsonl``."""
+
+    def __init__(self, path: Path, source: str = "/signalbox/local") -> None:
+        self.path = path
+        self.source = source
+        self._lock = threading.Lock()
+
+    def publish(self, event_type: str, subject: str, data: Mapping[str, object]) -> None:
+        """Append one event."""
+        event = {
+            "specversion": "1.0",
+            "id": str(uuid.uuid4()),
+            "source": self.source,
+            "type": f"io.signalbox.{event_type}",
+            "subject": subject,
+            "time": datetime.now(UTC).isoformat(),
+            "datacontenttype": "application/json",
+            "data": dict(data),
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(event, default=str) + "\n")

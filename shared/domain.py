@@ -1,0 +1,178 @@
+"""Stages, aliases, decision records and the evaluation verdict: the lifecycle's rules.
+
+The registry is the system of record. A version's ``stage`` tag is one of
+``staged``/``unstaged``/``production``/``surpassed`` (missing: never made it through
+evaluation); aliases ``champion`` (= production) and ``challenger`` point at versions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shared.catalogue import Evaluation
+    from shared.ports import ModelVersion
+
+
+class Stage(StrEnum):
+    """Values of a version's ``stage`` tag."""
+
+    STAGED = "staged"
+    UNSTAGED = "unstaged"
+    PRODUCTION = "production"
+    SURPASSED = "surpassed"
+
+
+class Approval(StrEnum):
+    """Values of a version's ``approval`` tag."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    AUTO = "auto"
+    REJECTED = "rejected"
+
+
+STAGE = "stage"
+APPROVAL = "approval"
+APPROVED_BY = "approved_by"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+DECISION = "signalbox.decision"
+DEPLOYMENT = "signalbox.deployment"
+COMMIT_SHA = "signalbox.commit_sha"
+REPOSITORY = "signalbox.repository"
+DATA_URI = "signalbox.data_uri"
+CORRELATION_ID = "signalbox.correlation_id"
+ENVIRONMENT = "signalbox.environment"
+# Registered-model tags.
+LAST_DRIFT_TRAINING = "signalbox.drift.last_training_at"
+LAST_REFUSAL = "signalbox.last_refusal"
+LAST_FAILURE = "signalbox.last_failure"
+
+
+def record(**fields: object) -> str:
+    """A compact JSON decision record for a tag (MLflow tag values are strings)."""
+    return json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def read_record(text: str | None) -> dict[str, object]:
+    """A decision record back from its tag; {} when absent or unreadable."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def stage_of(version: ModelVersion) -> Stage | None:
+    """The version's stage, None when it has none (or an unknown value)."""
+    try:
+        return Stage(version.tags.get(STAGE, ""))
+    except ValueError:
+        return None
+
+
+def with_stage(versions: list[ModelVersion], stage: Stage) -> list[ModelVersion]:
+    """The versions currently in ``stage``."""
+    return [v for v in versions if stage_of(v) is stage]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one evaluation, recorded on the challenger."""
+
+    won: bool
+    reason: str
+    primary_metric: str
+    direction: str
+    challenger: dict[str, float]
+    champion: dict[str, float] | None
+    champion_version: str | None
+    min_improvement: float
+    guardrails: dict[str, float]
+
+    def to_tag(self) -> str:
+        """The decision record as the tag value."""
+        return record(**asdict(self))
+
+
+def _better(a: float, b: float, direction: str) -> float:
+    """How much better ``a`` is than ``b`` (positive = better)."""
+    return a - b if direction == "maximize" else b - a
+
+
+def judge(
+    evaluation: Evaluation,
+    challenger: dict[str, float],
+    champion: dict[str, float] | None,
+    champion_version: str | None,
+) -> Verdict:
+    """Decide whether the challenger beats the champion (first version wins with no champion)."""
+    metric, direction = evaluation.primary_metric, evaluation.direction
+
+    def verdict(won: bool, reason: str) -> Verdict:
+        return Verdict(
+            won=won,
+            reason=reason,
+            primary_metric=metric,
+            direction=direction,
+            challenger=challenger,
+            champion=champion,
+            champion_version=champion_version,
+            min_improvement=evaluation.min_improvement,
+            guardrails=dict(evaluation.guardrails),
+        )
+
+    for name, bound in evaluation.guardrails.items():
+        value = challenger[name]
+        # A guardrail is a floor for maximised metrics and a ceiling for minimised ones.
+        if (direction == "maximize" and value < bound) or (direction == "minimize" and value > bound):
+            return verdict(False, f"guardrail {name}={value:.4f} breaks its bound {bound}")
+    if champion is None:
+        return verdict(True, f"first version: no champion; {metric}={challenger[metric]:.4f}")
+    gain = _better(challenger[metric], champion[metric], direction)
+    numbers = f"{metric} {challenger[metric]:.4f} vs champion v{champion_version} {champion[metric]:.4f}"
+    if gain > evaluation.min_improvement or (evaluation.min_improvement == 0 and gain > 0):
+        return verdict(True, f"{numbers}: better by {gain:.4f} (needed > {evaluation.min_improvement})")
+    return verdict(False, f"{numbers}: not better by more than {evaluation.min_improvement}")
+
+
+def primary_score(version: ModelVersion) -> float | None:
+    """The challenger's primary metric from its decision record."""
+    decision = read_record(version.tags.get(DECISION))
+    scores = decision.get("challenger")
+    metric = decision.get("primary_metric")
+    if isinstance(scores, dict) and isinstance(metric, str) and metric in scores:
+        return float(scores[metric])
+    return None
+
+
+def beats(new: ModelVersion, staged: ModelVersion) -> bool:
+    """Whether a new winner should replace the staged one (ties go to the newer version)."""
+    new_score, old_score = primary_score(new), primary_score(staged)
+    if new_score is None or old_score is None:
+        return True
+    direction = str(read_record(new.tags.get(DECISION)).get("direction", "maximize"))
+    return _better(new_score, old_score, direction) >= 0
+
+
+def in_cooldown(last: str | None, now: datetime, cooldown: timedelta) -> bool:
+    """Whether a drift training ran within the cooldown."""
+    if not last:
+        return False
+    try:
+        previous = datetime.fromisoformat(last)
+    except ValueError:
+        return False
+    return now - previous < cooldown
+
+
+def backoff(attempt: int, initial: float, maximum: float) -> timedelta:
+    """Delay before poll ``attempt`` (exponential, capped)."""
+    return timedelta(seconds=min(initial * (2 ** min(attempt, 20)), maximum))

@@ -1,0 +1,668 @@
+"""Inbound Event Grid deliveries: parsing, validation and typed views of the events Signalbox acts on.
+
+An HTTP delivery is parsed by :func:`parse_delivery` into :class:`InboundEvent` objects, whichever schema
+the subscription uses (Event Grid schema or CloudEvents 1.0, structured mode). :func:`interpret` turns one
+of them into a typed event (:class:`BlobCreated`, :class:`ModelRegistered`, :class:`RunCompleted`,
+:class:`RunStatusChanged`, :class:`DatasetDriftDetected`, :class:`DriftAlert`), or ``None`` for a type
+Signalbox does not act on. Anything malformed raises :class:`InvalidEvent`, whose message names the field.
+
+This module imports only the standard library: the function app imports it at cold start.
+
+Signalbox's own CloudEvent: ``io.signalbox.drift.detected``
+-------------------------------------------------------------
+
+A drift monitor tells Signalbox that a model's inputs or predictions drifted by publishing this CloudEvent
+(CloudEvents 1.0, JSON) to the Event Grid topic Signalbox subscribes to. ``source`` is any URI naming the
+monitor. ``data.model_name`` is required; ``metric``, ``score`` and ``threshold`` are optional and only
+reported. The same event in Event Grid schema (``eventType`` = the same type) is accepted too. Example::
+
+    {
+      "specversion": "1.0",
+      "type": "io.signalbox.drift.detected",
+      "source": "/signalbox/drift-monitor",
+      "id": "5f0c7a3e-8c1d-4b7e-9a51-2d4c6e8f1a20",
+      "time": "2026-11-23T08:30:00Z",
+      "subject": "models/iris-classifier",
+      "datacontenttype": "application/json",
+      "data": {
+        "model_name": "iris-classifier",
+        "metric": "psi",
+        "score": 0.31,
+        "threshold": 0.2
+      }
+    }
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeAlias
+from urllib.parse import unquote, urlsplit
+
+__all__ = [
+    "BLOB_CREATED_TYPE",
+    "CLOUDEVENTS_SPECVERSION",
+    "DATASET_DRIFT_DETECTED_TYPE",
+    "DRIFT_ALERT_TYPE",
+    "MODEL_REGISTERED_TYPE",
+    "RUN_COMPLETED_TYPE",
+    "RUN_STATUS_CHANGED_TYPE",
+    "SUBSCRIPTION_VALIDATION_TYPE",
+    "BlobCreated",
+    "DatasetDriftDetected",
+    "DriftAlert",
+    "InboundEvent",
+    "InvalidEvent",
+    "KnownEvent",
+    "ModelRegistered",
+    "RunCompleted",
+    "RunStatusChanged",
+    "Schema",
+    "interpret",
+    "parse_delivery",
+    "validation_code",
+]
+
+DRIFT_ALERT_TYPE = "io.signalbox.drift.detected"
+BLOB_CREATED_TYPE = "Microsoft.Storage.BlobCreated"
+MODEL_REGISTERED_TYPE = "Microsoft.MachineLearningServices.ModelRegistered"
+RUN_COMPLETED_TYPE = "Microsoft.MachineLearningServices.RunCompleted"
+RUN_STATUS_CHANGED_TYPE = "Microsoft.MachineLearningServices.RunStatusChanged"
+DATASET_DRIFT_DETECTED_TYPE = "Microsoft.MachineLearningServices.DatasetDriftDetected"
+SUBSCRIPTION_VALIDATION_TYPE = "Microsoft.EventGrid.SubscriptionValidationEvent"
+
+CLOUDEVENTS_SPECVERSION = "1.0"
+
+Schema: TypeAlias = Literal["eventgrid", "cloudevents"]
+
+_CLOUDEVENTS_SINGLE = "application/cloudevents+json"
+_CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
+
+# Azure sends 7 fractional digits (100 ns ticks); datetime holds 6.
+_EXTRA_FRACTION = re.compile(r"(\.\d{6})\d+")
+_BLOB_SUBJECT = re.compile(r"^/?blobServices/default/containers/(?P<container>[^/]+)/blobs/(?P<path>.+)$")
+_STORAGE_ACCOUNT = re.compile(r"/storageAccounts/(?P<name>[^/]+)", re.IGNORECASE)
+_WORKSPACE = re.compile(r"/workspaces/(?P<name>[^/]+)", re.IGNORECASE)
+
+
+class InvalidEvent(ValueError):
+    """A delivery or event that is not valid; ``field`` names what is wrong, ``problem`` says how."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class InboundEvent:
+    """One event of a delivery, in either schema; ``source`` is the Event Grid ``topic`` or CloudEvents ``source``."""
+
+    id: str
+    type: str
+    source: str
+    subject: str
+    time: datetime | None
+    data: Any
+    data_version: str | None
+    schema: Schema
+
+    def to_function_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``azure.functions.EventGridEvent``, as the worker would bind this event.
+
+        A CloudEvent has no ``dataVersion``: its specversion ("1.0") is passed instead, which is how
+        :meth:`from_function_event` tells the schemas apart.
+        """
+        data_version = CLOUDEVENTS_SPECVERSION if self.schema == "cloudevents" else self.data_version
+        return {
+            "id": self.id,
+            "data": self.data,
+            "topic": self.source,
+            "subject": self.subject,
+            "event_type": self.type,
+            "event_time": self.time,
+            "data_version": data_version,
+        }
+
+    @classmethod
+    def from_function_event(cls, event: Any) -> InboundEvent:
+        """Build from an ``azure.functions.EventGridEvent`` or ``azure.functions.CloudEvent`` (duck-typed).
+
+        An EventGridEvent whose ``data_version`` is "1.0" is taken for a CloudEvent (see
+        :meth:`to_function_kwargs`); an Event Grid schema event that itself carries ``dataVersion`` "1.0"
+        therefore comes back with ``schema="cloudevents"`` and ``data_version=None``.
+        """
+        if hasattr(event, "specversion"):
+            # The worker binds a CloudEvents delivery as azure.functions.CloudEvent.
+            specversion = getattr(event, "specversion", None)
+            if specversion != CLOUDEVENTS_SPECVERSION:
+                raise InvalidEvent("event.specversion", f"unsupported CloudEvents version {specversion!r} (only 1.0)")
+            return cls(
+                id=_required_attr(event, "id"),
+                type=_required_attr(event, "type"),
+                source=_required_attr(event, "source"),
+                subject=getattr(event, "subject", None) or "",
+                time=_worker_time(getattr(event, "time", None), "event.time"),
+                data=event.get_json(),
+                data_version=None,
+                schema="cloudevents",
+            )
+        data_version = getattr(event, "data_version", None)
+        cloudevent = data_version == CLOUDEVENTS_SPECVERSION
+        return cls(
+            id=_required_attr(event, "id"),
+            type=_required_attr(event, "event_type"),
+            source=getattr(event, "topic", None) or "",
+            subject=getattr(event, "subject", None) or "",
+            time=_worker_time(getattr(event, "event_time", None), "event.event_time"),
+            data=event.get_json(),
+            data_version=None if cloudevent else data_version,
+            schema="cloudevents" if cloudevent else "eventgrid",
+        )
+
+
+# -- typed views -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlobCreated:
+    """``Microsoft.Storage.BlobCreated``: a blob was written (a landing batch, typically)."""
+
+    event_id: str
+    url: str
+    account: str | None
+    container: str
+    blob_path: str
+    content_length: int | None
+    content_type: str | None
+    etag: str | None
+    api: str | None
+
+
+@dataclass(frozen=True)
+class ModelRegistered:
+    """``Microsoft.MachineLearningServices.ModelRegistered``: a model version was registered."""
+
+    event_id: str
+    model_name: str
+    model_version: str
+    tags: dict[str, Any]
+    properties: dict[str, Any]
+    workspace: str | None
+
+
+@dataclass(frozen=True)
+class _RunEvent:
+    """The fields Azure ML's run events share."""
+
+    event_id: str
+    experiment_id: str | None
+    experiment_name: str | None
+    run_id: str
+    run_type: str | None
+    run_status: str
+    tags: dict[str, Any]
+    properties: dict[str, Any]
+    workspace: str | None
+
+
+@dataclass(frozen=True)
+class RunCompleted(_RunEvent):
+    """``Microsoft.MachineLearningServices.RunCompleted``: a run finished successfully."""
+
+
+@dataclass(frozen=True)
+class RunStatusChanged(_RunEvent):
+    """``Microsoft.MachineLearningServices.RunStatusChanged``: a run moved to ``run_status``."""
+
+
+@dataclass(frozen=True)
+class DatasetDriftDetected:
+    """``Microsoft.MachineLearningServices.DatasetDriftDetected``: an Azure ML dataset monitor found drift."""
+
+    event_id: str
+    data_drift_id: str
+    data_drift_name: str
+    run_id: str | None
+    base_dataset_id: str | None
+    target_dataset_id: str | None
+    drift_coefficient: float | None
+    start_time: datetime | None
+    end_time: datetime | None
+    workspace: str | None
+
+
+@dataclass(frozen=True)
+class DriftAlert:
+    """``io.signalbox.drift.detected``: Signalbox's own drift CloudEvent (see the module docstring)."""
+
+    event_id: str
+    model_name: str
+    metric: str | None
+    score: float | None
+    threshold: float | None
+    source: str
+
+
+KnownEvent: TypeAlias = (
+    BlobCreated | ModelRegistered | RunCompleted | RunStatusChanged | DatasetDriftDetected | DriftAlert
+)
+
+
+# -- parsing a delivery ----------------------------------------------------------------------------
+
+
+def parse_delivery(body: bytes | str, *, content_type: str | None = None) -> list[InboundEvent]:
+    """Parse an HTTP delivery from Event Grid into its events, validating each one's required fields.
+
+    Accepts the Event Grid schema (an array of events, or a single object) and CloudEvents 1.0 in structured
+    mode: ``application/cloudevents+json`` (one event), ``application/cloudevents-batch+json`` (an array),
+    or any JSON body whose events carry ``specversion``.
+    """
+    if isinstance(body, bytes):
+        try:
+            # utf-8-sig: a BOM from a hand-made request must not make valid JSON unreadable.
+            text = body.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise InvalidEvent("body", "not valid UTF-8") from None
+    else:
+        text = body
+    try:
+        document = json.loads(text, parse_constant=_reject_constant)
+    except ValueError:
+        raise InvalidEvent("body", "not valid JSON") from None
+
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type == _CLOUDEVENTS_SINGLE and not isinstance(document, dict):
+        raise InvalidEvent("body", f"{_CLOUDEVENTS_SINGLE} must be one JSON object")
+    if media_type == _CLOUDEVENTS_BATCH and not isinstance(document, list):
+        raise InvalidEvent("body", f"{_CLOUDEVENTS_BATCH} must be a JSON array")
+
+    if isinstance(document, dict):
+        items: list[Any] = [document]
+    elif isinstance(document, list):
+        items = document
+    else:
+        raise InvalidEvent("body", "not a JSON object or array")
+    if not items:
+        raise InvalidEvent("body", "empty array: no events")
+
+    cloudevents_only = media_type in (_CLOUDEVENTS_SINGLE, _CLOUDEVENTS_BATCH)
+    events: list[InboundEvent] = []
+    for index, item in enumerate(items):
+        where = f"event[{index}]"
+        if not isinstance(item, dict):
+            raise InvalidEvent(where, "not a JSON object")
+        if cloudevents_only or "specversion" in item:
+            events.append(_parse_cloudevent(item, where))
+        else:
+            events.append(_parse_eventgrid_event(item, where))
+    return events
+
+
+def validation_code(events: list[InboundEvent]) -> str | None:
+    """The ``data.validationCode`` of a ``Microsoft.EventGrid.SubscriptionValidationEvent`` in ``events``, else None."""
+    for event in events:
+        if _same_type(event.type, SUBSCRIPTION_VALIDATION_TYPE) and isinstance(event.data, Mapping):
+            code = _lookup(event.data, "validationCode")
+            if isinstance(code, str) and code:
+                return code
+    return None
+
+
+def _parse_eventgrid_event(item: Mapping[str, Any], where: str) -> InboundEvent:
+    event_time = _required_text(item, "eventTime", where)
+    parsed_time = _parse_time(event_time)
+    if parsed_time is None:
+        raise InvalidEvent(f"{where}.eventTime", f"not an ISO 8601 time: {event_time!r}")
+    if "data" not in item:
+        raise InvalidEvent(f"{where}.data", "missing")
+    return InboundEvent(
+        id=_required_text(item, "id", where),
+        type=_required_text(item, "eventType", where),
+        source=_optional_text(item, "topic", where) or "",
+        subject=_required_text(item, "subject", where, allow_empty=True),
+        time=parsed_time,
+        data=item["data"],
+        data_version=_optional_text(item, "dataVersion", where),
+        schema="eventgrid",
+    )
+
+
+def _parse_cloudevent(item: Mapping[str, Any], where: str) -> InboundEvent:
+    specversion = _required_text(item, "specversion", where)
+    if specversion != CLOUDEVENTS_SPECVERSION:
+        raise InvalidEvent(f"{where}.specversion", f"unsupported CloudEvents version {specversion!r} (only 1.0)")
+    time_text = _optional_text(item, "time", where)
+    parsed_time = None
+    if time_text is not None:
+        parsed_time = _parse_time(time_text)
+        if parsed_time is None:
+            raise InvalidEvent(f"{where}.time", f"not an ISO 8601 time: {time_text!r}")
+    data = item.get("data")
+    if "data" not in item and "data_base64" in item:
+        encoded = _required_text(item, "data_base64", where, allow_empty=True)
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except ValueError:  # binascii.Error is a ValueError
+            raise InvalidEvent(f"{where}.data_base64", "not valid base64") from None
+    return InboundEvent(
+        id=_required_text(item, "id", where),
+        type=_required_text(item, "type", where),
+        source=_required_text(item, "source", where),
+        subject=_optional_text(item, "subject", where) or "",
+        time=parsed_time,
+        data=data,
+        data_version=None,
+        schema="cloudevents",
+    )
+
+
+def _required_text(item: Mapping[str, Any], name: str, where: str, *, allow_empty: bool = False) -> str:
+    if name not in item or item[name] is None:
+        raise InvalidEvent(f"{where}.{name}", "missing")
+    value = item[name]
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{where}.{name}", "not a string")
+    if not value and not allow_empty:
+        raise InvalidEvent(f"{where}.{name}", "empty")
+    return value
+
+
+def _optional_text(item: Mapping[str, Any], name: str, where: str) -> str | None:
+    value = item.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidEvent(f"{where}.{name}", "not a string")
+    return value
+
+
+def _required_attr(event: Any, name: str) -> str:
+    value = getattr(event, name, None)
+    if not isinstance(value, str) or not value:
+        raise InvalidEvent(f"event.{name}", "missing")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; Python's parser would accept them silently.
+    raise ValueError(f"{name} is not JSON")
+
+
+# -- interpreting an event -------------------------------------------------------------------------
+
+
+def interpret(event: InboundEvent) -> KnownEvent | None:
+    """The typed view of ``event``, or None for a type Signalbox does not act on.
+
+    Raises :class:`InvalidEvent` naming the field when a known type lacks a required field.
+    """
+    # Event Grid matches event types case-insensitively in its filters; do the same.
+    kind = event.type.casefold()
+    if kind == BLOB_CREATED_TYPE.casefold():
+        return _blob_created(event)
+    if kind == MODEL_REGISTERED_TYPE.casefold():
+        return _model_registered(event)
+    if kind == RUN_COMPLETED_TYPE.casefold():
+        return RunCompleted(**_run_fields(event, status_required=False))
+    if kind == RUN_STATUS_CHANGED_TYPE.casefold():
+        return RunStatusChanged(**_run_fields(event, status_required=True))
+    if kind == DATASET_DRIFT_DETECTED_TYPE.casefold():
+        return _dataset_drift_detected(event)
+    if kind == DRIFT_ALERT_TYPE.casefold():
+        return _drift_alert(event)
+    return None
+
+
+def _blob_created(event: InboundEvent) -> BlobCreated:
+    data = _data(event)
+    url = _required(data, "url")
+    match = _BLOB_SUBJECT.match(event.subject)
+    from_url = _blob_url_parts(url)
+    if match is not None:
+        container, blob_path = unquote(match["container"]), unquote(match["path"])
+    elif from_url is not None:
+        container, blob_path = from_url[1], from_url[2]
+    else:
+        raise InvalidEvent("subject", "not /blobServices/default/containers/{container}/blobs/{path}")
+    account_match = _STORAGE_ACCOUNT.search(event.source)
+    return BlobCreated(
+        event_id=event.id,
+        url=url,
+        account=account_match["name"] if account_match else (from_url[0] if from_url else None),
+        container=container,
+        blob_path=blob_path,
+        content_length=_integer(data, "contentLength"),
+        content_type=_text(data, "contentType"),
+        etag=_text(data, "eTag"),
+        api=_text(data, "api"),
+    )
+
+
+def _model_registered(event: InboundEvent) -> ModelRegistered:
+    data = _data(event)
+    return ModelRegistered(
+        event_id=event.id,
+        model_name=_required(data, "ModelName"),
+        model_version=_model_version(data),
+        tags=_mapping(data, "ModelTags"),
+        properties=_mapping(data, "ModelProperties"),
+        workspace=_workspace(event),
+    )
+
+
+def _run_fields(event: InboundEvent, *, status_required: bool) -> dict[str, Any]:
+    data = _data(event)
+    # RunCompleted carries no runStatus: its status is implied by its type.
+    status = _required(data, "runStatus") if status_required else (_text(data, "runStatus") or "Completed")
+    return {
+        "event_id": event.id,
+        "experiment_id": _text(data, "experimentId"),
+        "experiment_name": _text(data, "experimentName"),
+        "run_id": _required(data, "runId"),
+        "run_type": _text(data, "runType"),
+        "run_status": status,
+        "tags": _mapping(data, "runTags"),
+        "properties": _mapping(data, "runProperties"),
+        "workspace": _workspace(event),
+    }
+
+
+def _dataset_drift_detected(event: InboundEvent) -> DatasetDriftDetected:
+    data = _data(event)
+    return DatasetDriftDetected(
+        event_id=event.id,
+        data_drift_id=_required(data, "DataDriftId"),
+        data_drift_name=_required(data, "DataDriftName"),
+        run_id=_text(data, "RunId"),
+        base_dataset_id=_text(data, "BaseDatasetId"),
+        target_dataset_id=_text(data, "TargetDatasetId"),
+        drift_coefficient=_number(data, "DriftCoefficient"),
+        start_time=_time(data, "StartTime"),
+        end_time=_time(data, "EndTime"),
+        workspace=_workspace(event),
+    )
+
+
+def _drift_alert(event: InboundEvent) -> DriftAlert:
+    data = _data(event)
+    return DriftAlert(
+        event_id=event.id,
+        model_name=_required(data, "model_name"),
+        metric=_text(data, "metric"),
+        score=_number(data, "score"),
+        threshold=_number(data, "threshold"),
+        source=event.source,
+    )
+
+
+# -- reading data fields ---------------------------------------------------------------------------
+
+
+def _lookup(data: Mapping[str, Any], name: str) -> Any:
+    """``data[name]`` matched case-insensitively (None when absent): Azure ML mixes PascalCase and camelCase."""
+    if name in data:
+        return data[name]
+    folded = name.casefold()
+    for key, value in data.items():
+        if isinstance(key, str) and key.casefold() == folded:
+            return value
+    return None
+
+
+def _data(event: InboundEvent) -> Mapping[str, Any]:
+    if not isinstance(event.data, Mapping):
+        raise InvalidEvent("data", "not a JSON object")
+    return event.data
+
+
+def _text(data: Mapping[str, Any], name: str) -> str | None:
+    value = _lookup(data, name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(f"data.{name}", "not a string")
+    return value
+
+
+def _required(data: Mapping[str, Any], name: str) -> str:
+    value = _text(data, name)
+    if value is None:
+        raise InvalidEvent(f"data.{name}", "missing")
+    return value
+
+
+def _model_version(data: Mapping[str, Any]) -> str:
+    value = _lookup(data, "ModelVersion")
+    if value is None or value == "":
+        raise InvalidEvent("data.ModelVersion", "missing")
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise InvalidEvent("data.ModelVersion", "not a string or integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise InvalidEvent("data.ModelVersion", f"not an integer: {value!r}")
+        value = int(value)
+    return str(value)
+
+
+def _mapping(data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = _lookup(data, name)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidEvent(f"data.{name}", "not a JSON object")
+    return dict(value)
+
+
+def _integer(data: Mapping[str, Any], name: str) -> int | None:
+    value = _lookup(data, name)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise InvalidEvent(f"data.{name}", f"not an integer: {value!r}")
+
+
+def _number(data: Mapping[str, Any], name: str) -> float | None:
+    value = _lookup(data, name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidEvent(f"data.{name}", f"not a number: {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidEvent(f"data.{name}", f"not a number: {value!r}") from None
+    if not math.isfinite(number):
+        raise InvalidEvent(f"data.{name}", f"not a finite number: {value!r}")
+    return number
+
+
+def _time(data: Mapping[str, Any], name: str) -> datetime | None:
+    text = _text(data, name)
+    if text is None:
+        return None
+    parsed = _parse_time(text)
+    if parsed is None:
+        raise InvalidEvent(f"data.{name}", f"not an ISO 8601 time: {text!r}")
+    return parsed
+
+
+def _workspace(event: InboundEvent) -> str | None:
+    match = _WORKSPACE.search(event.source)
+    return match["name"] if match else None
+
+
+def _blob_url_parts(url: str) -> tuple[str | None, str, str] | None:
+    """(account, container, blob path) from a blob URL, or None when it has no container and path."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    segments = parts.path.lstrip("/").split("/")
+    if _is_local_host(host):
+        # Azurite and other emulators put the account first in the path: http://127.0.0.1:10000/{account}/...
+        account: str | None = segments.pop(0) if segments and segments[0] else None
+    else:
+        account = host.split(".", 1)[0] or None
+    if len(segments) < 2 or not segments[0] or not segments[-1]:
+        return None
+    return account, unquote(segments[0]), unquote("/".join(segments[1:]))
+
+
+def _is_local_host(host: str) -> bool:
+    if host == "localhost" or "." not in host:
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+# -- times -----------------------------------------------------------------------------------------
+
+
+def _parse_time(text: str) -> datetime | None:
+    """An aware UTC datetime from ISO 8601 text ("Z", 7 fractional digits and no offset accepted), else None."""
+    normalized = text.strip()
+    if normalized[-1:] in ("Z", "z"):
+        normalized = normalized[:-1] + "+00:00"
+    normalized = _EXTRA_FRACTION.sub(r"\1", normalized, count=1)
+    try:
+        parsed = datetime.fromisoformat(normalized)
+    except ValueError:
+        return None
+    return _aware(parsed)
+
+
+def _worker_time(value: Any, field: str) -> datetime | None:
+    """A time bound by the worker (a datetime, or ISO 8601 text from a hand-made event) as aware UTC."""
+    if value is None or isinstance(value, datetime):
+        return _aware(value)
+    if isinstance(value, str):
+        parsed = _parse_time(value)
+        if parsed is not None:
+            return parsed
+    raise InvalidEvent(field, f"not a time: {value!r}")
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    # Azure ML writes some times without an offset; they are UTC.
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _same_type(actual: str, expected: str) -> bool:
+    return actual.casefold() == expected.casefold()

@@ -1,0 +1,42 @@
+"""A model's lifecycle read back from the registry (for ``signalbox status`` and the status API)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from shared import domain
+
+if TYPE_CHECKING:
+    from shared.handlers import Services
+
+
+def lifecycle(model_name: str, svc: Services) -> dict[str, Any]:
+    """Versions with stage, aliases, approval, decision and deployment records."""
+    entry = svc.catalogue.get(model_name)
+    versions = []
+    for v in svc.registry.list_versions(model_name):
+        versions.append({
+            "version": v.version,
+            "stage": v.tags.get(domain.STAGE),
+            "aliases": list(v.aliases),
+            "approval": v.tags.get(domain.APPROVAL),
+            "approved_by": v.tags.get(domain.APPROVED_BY),
+            "decision": domain.read_record(v.tags.get(domain.DECISION)) or None,
+            "deployment": domain.read_record(v.tags.get(domain.DEPLOYMENT)) or None,
+            "outcome": v.tags.get("signalbox.outcome"),
+            "commit_sha": v.tags.get(domain.COMMIT_SHA),
+            "repository": v.tags.get(domain.REPOSITORY),
+            "created_at": v.created_at,
+        })
+    model_tags = svc.registry.model_tags(model_name)
+    return {
+        "model": model_name,
+        "kind": entry.kind,
+        "endpoint": svc.serving.endpoint_url(entry.deployment.endpoint) if entry.deployment.mode == "real_time"
+        else None,
+        "champion": svc.registry.alias_version(model_name, domain.CHAMPION),
+        "challenger": svc.registry.alias_version(model_name, domain.CHALLENGER),
+        "versions": versions,
+        "last_refusal": domain.read_record(model_tags.get(domain.LAST_REFUSAL)) or None,
+        "last_failure": domain.read_record(model_tags.get(domain.LAST_FAILURE)) or None,
+    }

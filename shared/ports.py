@@ -1,0 +1,218 @@
+"""The small interfaces handlers depend on. Adapters implement them; bootstrap wires them.
+
+Data crossing a port is a plain frozen dataclass defined here, so handlers never see an
+SDK type and fakes are easy to write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from shared.contracts import Envelope
+
+
+class Clock(Protocol):
+    """The current time, in UTC; injected so cooldowns and backoff are testable."""
+
+    def __call__(self) -> datetime: ...
+
+
+class Bus(Protocol):
+    """Sends commands to their queues (local queues or Azure Service Bus)."""
+
+    def send(self, envelope: Envelope, *, scheduled_at: datetime | None = None) -> None:
+        """Send one command; a duplicate ``message_id`` within the window is dropped."""
+        ...
+
+    def send_many(self, envelopes: Sequence[Envelope]) -> None:
+        """Send several commands together."""
+        ...
+
+
+# -- registry ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered model version as the registry holds it."""
+
+    model_name: str
+    version: str
+    run_id: str | None
+    source: str | None
+    status: str
+    tags: Mapping[str, str]
+    aliases: tuple[str, ...]
+    created_at: datetime | None = None
+
+
+class Registry(Protocol):
+    """The model registry (MLflow): the system of record for stages and decisions."""
+
+    def get_version(self, model_name: str, version: str) -> ModelVersion:
+        """One version; raises ``LookupError`` when it does not exist."""
+        ...
+
+    def list_versions(self, model_name: str) -> list[ModelVersion]:
+        """Every version of a model, oldest first (empty when the model is unknown)."""
+        ...
+
+    def versions_of_run(self, run_id: str) -> list[ModelVersion]:
+        """The versions a training run registered."""
+        ...
+
+    def set_version_tags(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
+        """Set (overwrite) tags on a version."""
+        ...
+
+    def delete_version_tag(self, model_name: str, version: str, key: str) -> None:
+        """Remove a tag from a version; no error when it is absent."""
+        ...
+
+    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+        """Point an alias at a version."""
+        ...
+
+    def delete_alias(self, model_name: str, alias: str) -> None:
+        """Remove an alias; no error when it is absent."""
+        ...
+
+    def alias_version(self, model_name: str, alias: str) -> str | None:
+        """The version an alias points at, if any."""
+        ...
+
+    def model_tags(self, model_name: str) -> dict[str, str]:
+        """Tags on the registered model (empty when the model is unknown)."""
+        ...
+
+    def set_model_tag(self, model_name: str, key: str, value: str) -> None:
+        """Set a tag on the registered model, creating the model if needed."""
+        ...
+
+
+# -- compute ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A training or scoring job for one model."""
+
+    model_name: str
+    purpose: Literal["train", "score"]
+    job_reference: str
+    data_uri: str | None
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None  # the same key launches the same run once
+
+
+RunState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """Where a launched job is."""
+
+    run_id: str
+    state: RunState
+    message: str | None = None
+    outputs: Mapping[str, str] = field(default_factory=dict)  # e.g. mlflow_run_id, model_version
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job has stopped, for good or ill."""
+        return self.state in ("succeeded", "failed", "cancelled")
+
+
+class Compute(Protocol):
+    """Runs training and scoring jobs (local process, Databricks Jobs, Azure ML jobs)."""
+
+    backend: str
+
+    def launch(self, job: JobRequest) -> str:
+        """Start the job; returns its run id."""
+        ...
+
+    def status(self, run_id: str) -> RunStatus:
+        """The job's current state."""
+        ...
+
+    def cancel(self, run_id: str) -> None:
+        """Stop the job."""
+        ...
+
+
+# -- evaluation ------------------------------------------------------------------------
+
+
+class Evaluator(Protocol):
+    """Scores a model version on an evaluation dataset."""
+
+    def score(self, model_name: str, version: str, dataset: str, metrics: Sequence[str]) -> dict[str, float]:
+        """The named metrics of one version on the dataset."""
+        ...
+
+
+# -- serving ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One model version running (or starting) behind an endpoint."""
+
+    endpoint: str
+    model_name: str
+    version: str
+    slot: str
+    url: str
+
+
+class Serving(Protocol):
+    """Real-time endpoints with blue/green deployments."""
+
+    def current(self, endpoint: str) -> Deployment | None:
+        """What takes the endpoint's traffic now."""
+        ...
+
+    def start(self, endpoint: str, model_name: str, version: str) -> Deployment:
+        """Bring up the version in the idle slot, taking no traffic yet."""
+        ...
+
+    def invoke(self, deployment: Deployment, payload: Mapping[str, object]) -> object:
+        """Score one request on a deployment directly (the smoke test)."""
+        ...
+
+    def route(self, endpoint: str, deployment: Deployment) -> None:
+        """Move all of the endpoint's traffic to the deployment."""
+        ...
+
+    def stop(self, deployment: Deployment) -> None:
+        """Tear a deployment down."""
+        ...
+
+    def endpoint_url(self, endpoint: str) -> str:
+        """The endpoint's stable scoring URL."""
+        ...
+
+
+# -- landing zone and outbound events -------------------------------------------------------
+
+
+class LandingZone(Protocol):
+    """Where new data arrives (a local folder or a Storage container)."""
+
+    def size(self, uri: str) -> int:
+        """Bytes at the URI; raises ``OSError`` when it cannot be read."""
+        ...
+
+
+class LifecycleEvents(Protocol):
+    """Publishes Signalbox's own lifecycle events (approval requested, deployed, ...)."""
+
+    def publish(self, event_type: str, subject: str, data: Mapping[str, object]) -> None:
+        """Emit one event."""
+        ...

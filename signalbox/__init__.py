@@ -1,0 +1,1 @@
+"""Signalbox tooling: the CLI, the local Functions host and the demo."""

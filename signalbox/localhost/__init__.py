@@ -1,0 +1,1 @@
+"""A local Azure Functions host that keeps the real host's contract."""
