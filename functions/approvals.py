@@ -12,8 +12,7 @@ from shared import runtime
 bp = func.Blueprint()
 
 
-@bp.route(route="approvals/{model}/{version:int}/{decision}", methods=["POST"],
-          auth_level=func.AuthLevel.FUNCTION)
+@bp.route(route="approvals/{model}/{version:int}/{decision}", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def approval(req: func.HttpRequest) -> func.HttpResponse:
     """POST approve|reject for a version waiting for approval (function key)."""
     from shared import handlers
@@ -26,7 +25,7 @@ def approval(req: func.HttpRequest) -> func.HttpResponse:
         try:
             body = json.loads(req.get_body())
         except ValueError:
-            return problem(400, "body must be JSON like {\"by\": \"name\"} or empty")
+            return problem(400, 'body must be JSON like {"by": "name"} or empty')
         if not isinstance(body, dict):
             return problem(400, "body must be a JSON object")
         who = str(body.get("by") or who)

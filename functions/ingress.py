@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import azure.functions as func
 
 from functions.http_util import json_response, problem
-from shared import events, runtime
+from shared import runtime
+
+if TYPE_CHECKING:
+    from shared.events import KnownEvent
 
 bp = func.Blueprint()
 log = logging.getLogger("signalbox.ingress")
 
 
-def _event(raw: func.EventGridEvent) -> events.KnownEvent | None:
+def _event(raw: func.EventGridEvent) -> KnownEvent | None:
+    from shared import events
+
     known = events.interpret(events.InboundEvent.from_function_event(raw))
     if known is None:
         log.info("ignored event %s of type %s", raw.id, raw.event_type)
@@ -27,7 +33,7 @@ def _event(raw: func.EventGridEvent) -> events.KnownEvent | None:
 @bp.event_grid_trigger(arg_name="event")
 def landing_events(event: func.EventGridEvent) -> None:
     """Storage system topic of the landing account: BlobCreated → train."""
-    from shared import handlers
+    from shared import events, handlers
 
     known = _event(event)
     if isinstance(known, events.BlobCreated):
@@ -37,7 +43,7 @@ def landing_events(event: func.EventGridEvent) -> None:
 @bp.event_grid_trigger(arg_name="event")
 def workspace_events(event: func.EventGridEvent) -> None:
     """Azure ML workspace system topic: new versions, finished runs, drift."""
-    from shared import handlers
+    from shared import events, handlers
 
     known = _event(event)
     svc = runtime.services()
@@ -58,7 +64,7 @@ def workspace_events(event: func.EventGridEvent) -> None:
 @bp.event_grid_trigger(arg_name="event")
 def alert_events(event: func.EventGridEvent) -> None:
     """Signalbox's custom topic: our drift-alert CloudEvent → train (with cooldown)."""
-    from shared import handlers
+    from shared import events, handlers
 
     known = _event(event)
     if isinstance(known, events.DriftAlert):
@@ -76,8 +82,9 @@ def mlflow_webhook(req: func.HttpRequest) -> func.HttpResponse:
         return problem(503, "SIGNALBOX_MLFLOW_WEBHOOK_SECRET is not set; this webhook cannot be verified")
     body = req.get_body()
     try:
-        delivery = webhooks.verify_mlflow(req.headers, body, secret, now=time.time(),
-                                          tolerance_seconds=svc.settings.webhook_tolerance_seconds)
+        delivery = webhooks.verify_mlflow(
+            req.headers, body, secret, now=time.time(), tolerance_seconds=svc.settings.webhook_tolerance_seconds
+        )
         event = webhooks.parse_mlflow(body, delivery)
     except webhooks.WebhookRejected as exc:
         return problem(exc.status, str(exc))
@@ -127,5 +134,6 @@ def github_webhook(req: func.HttpRequest) -> func.HttpResponse:
         return json_response({"outcome": "pong"})
     if push is None:
         return json_response({"outcome": "ignored"})
-    return json_response({"outcome": "train" if (started := handlers.code_pushed(push, svc)) else "ignored",
-                          "models": started})
+    return json_response(
+        {"outcome": "train" if (started := handlers.code_pushed(push, svc)) else "ignored", "models": started}
+    )

@@ -46,8 +46,9 @@ def evaluate(message: func.ServiceBusMessage) -> None:
     handlers.evaluate(_envelope(message, queues.EVALUATE), runtime.services())
 
 
-@bp.service_bus_queue_trigger(arg_name="message", queue_name=queues.PROMOTE, connection=CONNECTION,
-                              is_sessions_enabled=True)
+@bp.service_bus_queue_trigger(
+    arg_name="message", queue_name=queues.PROMOTE, connection=CONNECTION, is_sessions_enabled=True
+)
 def promote(message: func.ServiceBusMessage) -> None:
     """Stage tags and approval, one model at a time."""
     from shared import handlers
@@ -55,8 +56,9 @@ def promote(message: func.ServiceBusMessage) -> None:
     handlers.promote(_envelope(message, queues.PROMOTE), runtime.services())
 
 
-@bp.service_bus_queue_trigger(arg_name="message", queue_name=queues.DEPLOY, connection=CONNECTION,
-                              is_sessions_enabled=True)
+@bp.service_bus_queue_trigger(
+    arg_name="message", queue_name=queues.DEPLOY, connection=CONNECTION, is_sessions_enabled=True
+)
 def deploy(message: func.ServiceBusMessage) -> None:
     """Blue/green deployment with smoke test and rollback, one model at a time."""
     from shared import handlers

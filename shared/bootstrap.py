@@ -22,8 +22,9 @@ def code_version(root: Path) -> dict[str, str]:
     repository = os.environ.get("SIGNALBOX_CODE_REPOSITORY", "")
     if not commit:
         try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                    timeout=5, check=False).stdout.strip()
+            commit = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=False
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             commit = ""
     out = {}

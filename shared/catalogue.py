@@ -130,8 +130,10 @@ class Catalogue(_Strict):
         try:
             return self.models[name]
         except KeyError:
-            raise KeyError(f"model {name!r} is not in the catalogue {self.source} "
-                           f"(known: {', '.join(sorted(self.models)) or 'none'})") from None
+            raise KeyError(
+                f"model {name!r} is not in the catalogue {self.source} "
+                f"(known: {', '.join(sorted(self.models)) or 'none'})"
+            ) from None
 
     def for_blob(self, container: str, blob_path: str) -> ModelEntry | None:
         """The model whose landing prefix holds the blob (the longest prefix wins)."""

@@ -86,8 +86,7 @@ def land_blob(blob: BlobCreated, svc: Services) -> str:
     """New data in the landing zone → train the model whose prefix holds it."""
     model = svc.catalogue.for_blob(blob.container, blob.blob_path)
     if model is None:
-        log.info("ignored blob %s/%s: no catalogue entry has that container and prefix",
-                 blob.container, blob.blob_path)
+        log.info("ignored blob %s/%s: no catalogue entry has that container and prefix", blob.container, blob.blob_path)
         return "ignored"
     try:
         size = svc.landing.size(blob.url)
@@ -100,8 +99,13 @@ def land_blob(blob: BlobCreated, svc: Services) -> str:
         svc.events.publish("DataRefused", model.name, {"data_uri": blob.url, "reason": problem})
         log.warning("refused %s for model %s: %s", blob.url, model.name, problem)
         return "refused"
-    svc.bus.send(_start(svc, TrainModel(model_name=model.name, reason="landing", data_uri=blob.url),
-                        cause=f"eventgrid:{blob.event_id}"))
+    svc.bus.send(
+        _start(
+            svc,
+            TrainModel(model_name=model.name, reason="landing", data_uri=blob.url),
+            cause=f"eventgrid:{blob.event_id}",
+        )
+    )
     return "train"
 
 
@@ -125,8 +129,13 @@ def drift_detected(model_name: str, alert_id: str, svc: Services) -> str:
     cooldown = model.drift.cooldown
     last = svc.registry.model_tags(model_name).get(domain.LAST_DRIFT_TRAINING)
     if domain.in_cooldown(last, now, cooldown):
-        log.info("drift alert %s for %s ignored: a drift training started at %s (cooldown %s)",
-                 alert_id, model_name, last, cooldown)
+        log.info(
+            "drift alert %s for %s ignored: a drift training started at %s (cooldown %s)",
+            alert_id,
+            model_name,
+            last,
+            cooldown,
+        )
         return "cooldown"
     # Alerts racing past the tag check share one cause per cooldown window, so duplicate
     # detection keeps them to one training.
@@ -230,8 +239,14 @@ def train(envelope: Envelope, svc: Services) -> str:
     )
     run_id = compute.launch(job)
     log.info("launched %s job %s for %s on %s", job.purpose, run_id, model.name, compute.backend)
-    poll = PollRun(model_name=model.name, backend=compute.backend, run_id=run_id, attempt=0,
-                   commit_sha=commit, repository=repository)
+    poll = PollRun(
+        model_name=model.name,
+        backend=compute.backend,
+        run_id=run_id,
+        attempt=0,
+        commit_sha=commit,
+        repository=repository,
+    )
     delay = domain.backoff(0, svc.settings.poll_initial_seconds, svc.settings.poll_max_seconds)
     svc.bus.send(envelope.follow(poll, cause=f"poll:{run_id}:0", now=svc.clock()), scheduled_at=svc.clock() + delay)
     return run_id
@@ -252,8 +267,10 @@ def poll_run(envelope: Envelope, svc: Services) -> str:
             return "gave-up"
         delay = domain.backoff(attempt, svc.settings.poll_initial_seconds, svc.settings.poll_max_seconds)
         follow = command.model_copy(update={"attempt": attempt})
-        svc.bus.send(envelope.follow(follow, cause=f"poll:{command.run_id}:{attempt}", now=svc.clock()),
-                     scheduled_at=svc.clock() + delay)
+        svc.bus.send(
+            envelope.follow(follow, cause=f"poll:{command.run_id}:{attempt}", now=svc.clock()),
+            scheduled_at=svc.clock() + delay,
+        )
         return status.state
     if status.state != "succeeded":
         _record_failure(svc, model.name, command.run_id, f"job {status.state}: {status.message or 'no message'}")
@@ -281,8 +298,9 @@ def _registered_versions(svc: Services, model_name: str, outputs: Mapping[str, s
 
 
 def _record_failure(svc: Services, model_name: str, run_id: str, reason: str) -> None:
-    svc.registry.set_model_tag(model_name, domain.LAST_FAILURE,
-                               domain.record(run_id=run_id, reason=reason, at=svc.clock()))
+    svc.registry.set_model_tag(
+        model_name, domain.LAST_FAILURE, domain.record(run_id=run_id, reason=reason, at=svc.clock())
+    )
     svc.events.publish("TrainingFailed", model_name, {"run_id": run_id, "reason": reason})
     log.warning("model %s run %s: %s", model_name, run_id, reason)
 
@@ -313,8 +331,7 @@ def evaluate(envelope: Envelope, svc: Services) -> str:
     if verdict.won:
         svc.registry.set_alias(model.name, domain.CHALLENGER, command.version)
     log.info("%s v%s %s: %s", model.name, command.version, "won" if verdict.won else "lost", verdict.reason)
-    promote = PromoteVersion(model_name=model.name, version=command.version,
-                             decision="won" if verdict.won else "lost")
+    promote = PromoteVersion(model_name=model.name, version=command.version, decision="won" if verdict.won else "lost")
     svc.bus.send(envelope.follow(promote, now=svc.clock()))
     return "won" if verdict.won else "lost"
 
@@ -338,13 +355,22 @@ def promote(envelope: Envelope, svc: Services) -> str:
                 if staged.version == version.version:
                     continue
                 if not domain.beats(version, staged):
-                    log.info("%s v%s won but staged v%s scored better; v%s stays unstaged", model.name,
-                             version.version, staged.version, version.version)
-                    svc.registry.set_version_tags(model.name, version.version, {
-                        "signalbox.outcome": f"lost to staged v{staged.version}"})
+                    log.info(
+                        "%s v%s won but staged v%s scored better; v%s stays unstaged",
+                        model.name,
+                        version.version,
+                        staged.version,
+                        version.version,
+                    )
+                    svc.registry.set_version_tags(
+                        model.name, version.version, {"signalbox.outcome": f"lost to staged v{staged.version}"}
+                    )
                     return "kept-staged"
-                svc.registry.set_version_tags(model.name, staged.version, {
-                    domain.STAGE: Stage.UNSTAGED, "signalbox.outcome": f"replaced by v{version.version}"})
+                svc.registry.set_version_tags(
+                    model.name,
+                    staged.version,
+                    {domain.STAGE: Stage.UNSTAGED, "signalbox.outcome": f"replaced by v{version.version}"},
+                )
             svc.registry.set_version_tags(model.name, version.version, {domain.STAGE: Stage.STAGED})
             svc.registry.set_alias(model.name, domain.CHALLENGER, version.version)
             svc.events.publish("VersionStaged", model.name, {"version": version.version})
@@ -357,24 +383,43 @@ def promote(envelope: Envelope, svc: Services) -> str:
             return "pending-approval"
         if current not in (Approval.APPROVED, Approval.AUTO):
             svc.registry.set_version_tags(model.name, version.version, {domain.APPROVAL: Approval.AUTO})
-        svc.bus.send(envelope.follow(DeployVersion(model_name=model.name, version=version.version),
-                                     cause=f"deploy:{model.name}:{version.version}", now=svc.clock()))
+        svc.bus.send(
+            envelope.follow(
+                DeployVersion(model_name=model.name, version=version.version),
+                cause=f"deploy:{model.name}:{version.version}",
+                now=svc.clock(),
+            )
+        )
         return "deploy"
     if stage is not Stage.STAGED:
         log.info("%s on %s v%s ignored: the version is %s", command.decision, model.name, version.version, stage)
         return "ignored"
     if command.decision == "rejected":
-        svc.registry.set_version_tags(model.name, version.version, {
-            domain.APPROVAL: Approval.REJECTED, domain.STAGE: Stage.UNSTAGED,
-            domain.APPROVED_BY: command.decided_by or "unknown"})
+        svc.registry.set_version_tags(
+            model.name,
+            version.version,
+            {
+                domain.APPROVAL: Approval.REJECTED,
+                domain.STAGE: Stage.UNSTAGED,
+                domain.APPROVED_BY: command.decided_by or "unknown",
+            },
+        )
         if svc.registry.alias_version(model.name, domain.CHALLENGER) == version.version:
             svc.registry.delete_alias(model.name, domain.CHALLENGER)
         svc.events.publish("ApprovalRejected", model.name, {"version": version.version, "by": command.decided_by})
         return "rejected"
-    svc.registry.set_version_tags(model.name, version.version, {
-        domain.APPROVAL: Approval.APPROVED, domain.APPROVED_BY: command.decided_by or "unknown"})
-    svc.bus.send(envelope.follow(DeployVersion(model_name=model.name, version=version.version),
-                                 cause=f"deploy:{model.name}:{version.version}", now=svc.clock()))
+    svc.registry.set_version_tags(
+        model.name,
+        version.version,
+        {domain.APPROVAL: Approval.APPROVED, domain.APPROVED_BY: command.decided_by or "unknown"},
+    )
+    svc.bus.send(
+        envelope.follow(
+            DeployVersion(model_name=model.name, version=version.version),
+            cause=f"deploy:{model.name}:{version.version}",
+            now=svc.clock(),
+        )
+    )
     return "deploy"
 
 
@@ -400,16 +445,25 @@ def deploy(envelope: Envelope, svc: Services) -> str:
     if stage is Stage.PRODUCTION:
         return "already-production"
     if stage is not Stage.STAGED or version.tags.get(domain.APPROVAL) not in (Approval.APPROVED, Approval.AUTO):
-        log.info("deploy of %s v%s skipped: stage=%s approval=%s", model.name, command.version, stage,
-                 version.tags.get(domain.APPROVAL))
+        log.info(
+            "deploy of %s v%s skipped: stage=%s approval=%s",
+            model.name,
+            command.version,
+            stage,
+            version.tags.get(domain.APPROVAL),
+        )
         return "skipped"
     endpoint = model.deployment.endpoint
     if model.deployment.mode == "batch":
         _make_production(svc, model.name, version.version, envelope, {"mode": "batch", "endpoint": endpoint})
-        scoring = JobRequest(model_name=model.name, purpose="score", job_reference=model.deployment.scoring_job or "",
-                             data_uri=version.tags.get(domain.DATA_URI),
-                             tags={domain.CORRELATION_ID: envelope.correlation_id},
-                             idempotency_key=f"{envelope.message_id}:batch")
+        scoring = JobRequest(
+            model_name=model.name,
+            purpose="score",
+            job_reference=model.deployment.scoring_job or "",
+            data_uri=version.tags.get(domain.DATA_URI),
+            tags={domain.CORRELATION_ID: envelope.correlation_id},
+            idempotency_key=f"{envelope.message_id}:batch",
+        )
         run_id = svc.compute_for(model).launch(scoring)
         svc.events.publish("BatchScoringStarted", model.name, {"version": version.version, "run_id": run_id})
         return "batch"
@@ -429,17 +483,26 @@ def deploy(envelope: Envelope, svc: Services) -> str:
     if previous is not None and previous.slot != candidate.slot:
         svc.serving.stop(previous)
     url = svc.serving.endpoint_url(endpoint)
-    _make_production(svc, model.name, version.version, envelope,
-                     {"mode": "real_time", "endpoint": endpoint, "url": url, "slot": candidate.slot})
+    _make_production(
+        svc,
+        model.name,
+        version.version,
+        envelope,
+        {"mode": "real_time", "endpoint": endpoint, "url": url, "slot": candidate.slot},
+    )
     return "deployed"
 
 
-def _make_production(svc: Services, model_name: str, version: str, envelope: Envelope,
-                     deployment: dict[str, object]) -> None:
+def _make_production(
+    svc: Services, model_name: str, version: str, envelope: Envelope, deployment: dict[str, object]
+) -> None:
     for old in domain.with_stage(svc.registry.list_versions(model_name), Stage.PRODUCTION):
         if old.version != version:
-            svc.registry.set_version_tags(model_name, old.version, {
-                domain.STAGE: Stage.SURPASSED, "signalbox.outcome": f"surpassed by v{version}"})
+            svc.registry.set_version_tags(
+                model_name,
+                old.version,
+                {domain.STAGE: Stage.SURPASSED, "signalbox.outcome": f"surpassed by v{version}"},
+            )
     tags = {
         domain.STAGE: Stage.PRODUCTION,
         domain.DEPLOYMENT: domain.record(status="deployed", at=svc.clock(), **deployment),
@@ -458,8 +521,11 @@ def _make_production(svc: Services, model_name: str, version: str, envelope: Env
 
 
 def _rolled_back(svc: Services, model_name: str, version: str, endpoint: str, reason: str) -> str:
-    svc.registry.set_version_tags(model_name, version, {
-        domain.DEPLOYMENT: domain.record(status="rolled_back", endpoint=endpoint, reason=reason, at=svc.clock())})
+    svc.registry.set_version_tags(
+        model_name,
+        version,
+        {domain.DEPLOYMENT: domain.record(status="rolled_back", endpoint=endpoint, reason=reason, at=svc.clock())},
+    )
     svc.events.publish("DeploymentRolledBack", model_name, {"version": version, "reason": reason})
     log.warning("deploy of %s v%s rolled back: %s", model_name, version, reason)
     return "rolled-back"

@@ -15,24 +15,27 @@ def lifecycle(model_name: str, svc: Services) -> dict[str, Any]:
     entry = svc.catalogue.get(model_name)
     versions = []
     for v in svc.registry.list_versions(model_name):
-        versions.append({
-            "version": v.version,
-            "stage": v.tags.get(domain.STAGE),
-            "aliases": list(v.aliases),
-            "approval": v.tags.get(domain.APPROVAL),
-            "approved_by": v.tags.get(domain.APPROVED_BY),
-            "decision": domain.read_record(v.tags.get(domain.DECISION)) or None,
-            "deployment": domain.read_record(v.tags.get(domain.DEPLOYMENT)) or None,
-            "outcome": v.tags.get("signalbox.outcome"),
-            "commit_sha": v.tags.get(domain.COMMIT_SHA),
-            "repository": v.tags.get(domain.REPOSITORY),
-            "created_at": v.created_at,
-        })
+        versions.append(
+            {
+                "version": v.version,
+                "stage": v.tags.get(domain.STAGE),
+                "aliases": list(v.aliases),
+                "approval": v.tags.get(domain.APPROVAL),
+                "approved_by": v.tags.get(domain.APPROVED_BY),
+                "decision": domain.read_record(v.tags.get(domain.DECISION)) or None,
+                "deployment": domain.read_record(v.tags.get(domain.DEPLOYMENT)) or None,
+                "outcome": v.tags.get("signalbox.outcome"),
+                "commit_sha": v.tags.get(domain.COMMIT_SHA),
+                "repository": v.tags.get(domain.REPOSITORY),
+                "created_at": v.created_at,
+            }
+        )
     model_tags = svc.registry.model_tags(model_name)
     return {
         "model": model_name,
         "kind": entry.kind,
-        "endpoint": svc.serving.endpoint_url(entry.deployment.endpoint) if entry.deployment.mode == "real_time"
+        "endpoint": svc.serving.endpoint_url(entry.deployment.endpoint)
+        if entry.deployment.mode == "real_time"
         else None,
         "champion": svc.registry.alias_version(model_name, domain.CHAMPION),
         "challenger": svc.registry.alias_version(model_name, domain.CHALLENGER),

@@ -8,6 +8,7 @@ This module stays import-light because ``function_app`` imports it at indexing t
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -70,7 +71,8 @@ def load_queue_specs(path: Path = QUEUES_FILE) -> dict[str, QueueSpec]:
     return specs
 
 
-QUEUES: dict[str, QueueSpec] = load_queue_specs()
+# SIGNALBOX_QUEUES_FILE points at another definition (tests use short lock durations).
+QUEUES: dict[str, QueueSpec] = load_queue_specs(Path(os.environ.get("SIGNALBOX_QUEUES_FILE") or QUEUES_FILE))
 
 TRAIN = "train"
 POLL_RUN = "poll-run"

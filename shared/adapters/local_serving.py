@@ -82,7 +82,12 @@ def resolve_route(state_dir: Path, endpoint: str) -> str | None:
         return None
     data = _read_json(Path(state_dir) / "endpoints" / endpoint / ROUTE_FILE)
     url = data.get("url") if data else None
-    return url if isinstance(url, str) and url else None
+    return url if isinstance(url, str) and _is_http(url) else None
+
+
+def _is_http(url: str) -> bool:
+    # urllib would also open file: and custom schemes; only a scoring server's URL may pass.
+    return url.startswith(("http://", "https://"))
 
 
 def _proc_start_ticks(pid: int) -> int | None:
@@ -129,12 +134,24 @@ def _alive(pid: int, start_ticks: int | None = None) -> bool:
 def _group_alive(pgid: int) -> bool:
     child = _CHILDREN.get(pgid)
     if child is not None:
-        child.poll()  # reap the leader so the group check does not count its zombie
+        child.poll()  # reap our own leader at once
     try:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    # An orphaned member that nobody reaps (a host running as pid 1 in a container) stays a
+    # zombie forever; it is dead for our purposes, so only live members count.
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[0] != "Z" and fields[2] == str(pgid):
+            return True
+    return False
 
 
 def _terminate_group(pgid: int, grace: float = _STOP_GRACE_SECONDS) -> None:
@@ -340,7 +357,9 @@ class LocalServing:
 
     def invoke(self, deployment: Deployment, payload: Mapping[str, object], timeout: float = 60.0) -> object:
         """POST one MLflow scoring request to the deployment's server; returns the parsed JSON."""
-        request = urllib.request.Request(
+        if not _is_http(deployment.url):
+            raise ValueError(f"not an http(s) scoring URL: {deployment.url!r}")
+        request = urllib.request.Request(  # noqa: S310 - scheme checked above
             f"{deployment.url}/invocations",
             data=json.dumps(payload).encode("utf-8"),
             headers={"Content-Type": "application/json"},
@@ -355,7 +374,9 @@ class LocalServing:
                 f"{deployment.model_name} v{deployment.version} ({deployment.url}) answered {exc.code}: {excerpt}"
             ) from exc
         except (urllib.error.URLError, OSError) as exc:
-            raise RuntimeError(f"{deployment.model_name} v{deployment.version} unreachable at {deployment.url}: {exc}") from exc
+            raise RuntimeError(
+                f"{deployment.model_name} v{deployment.version} unreachable at {deployment.url}: {exc}"
+            ) from exc
         return json.loads(body)
 
     def route(self, endpoint: str, deployment: Deployment) -> None:
@@ -379,7 +400,13 @@ class LocalServing:
                 "routed_at": datetime.now(UTC).isoformat(),
             },
         )
-        log.info("endpoint %s now routes to %s v%s (%s)", endpoint, deployment.model_name, deployment.version, deployment.slot)
+        log.info(
+            "endpoint %s now routes to %s v%s (%s)",
+            endpoint,
+            deployment.model_name,
+            deployment.version,
+            deployment.slot,
+        )
 
     def stop(self, deployment: Deployment) -> None:
         """Stop the deployment's server and forget its slot; no error when it is already gone."""
@@ -395,4 +422,6 @@ class LocalServing:
         if isinstance(pid, int) and not _pid_reused(pid, ticks if isinstance(ticks, int) else None):
             _terminate_group(pid)
         (self._dir(endpoint) / f"{slot}.json").unlink(missing_ok=True)
-        log.info("endpoint %s: stopped %s v%s in slot %s", endpoint, record.get("model_name"), record.get("version"), slot)
+        log.info(
+            "endpoint %s: stopped %s v%s in slot %s", endpoint, record.get("model_name"), record.get("version"), slot
+        )

@@ -55,7 +55,7 @@ class HostConfig:
         except ValueError as exc:
             raise HostConfigError(f"{path}: not valid JSON: {exc}") from None
         if str(raw.get("version", "")) != "2.0":
-            raise HostConfigError(f"{path}: version must be \"2.0\" (the Functions v4 host)")
+            raise HostConfigError(f'{path}: version must be "2.0" (the Functions v4 host)')
         extensions: dict[str, Any] = raw.get("extensions") or {}
         http = extensions.get("http") or {}
         sb = extensions.get("serviceBus") or {}

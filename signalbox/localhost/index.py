@@ -55,7 +55,9 @@ class RouteTemplate:
             body = r".+" if catch_all else (r"-?\d+" if constraint == "int" else r"[^/]+")
             part = f"/(?P<{name}>{body})"
             regex += f"(?:{part})?" if optional or catch_all else part
-        return cls(template=template, pattern=re.compile("^" + regex + "/?$", re.IGNORECASE), int_params=frozenset(ints))
+        return cls(
+            template=template, pattern=re.compile("^" + regex + "/?$", re.IGNORECASE), int_params=frozenset(ints)
+        )
 
     def match(self, path: str) -> dict[str, str] | None:
         """Route parameters when ``path`` (without the route prefix) matches."""

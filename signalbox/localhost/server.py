@@ -51,8 +51,7 @@ class HostSettings:
     bind: str = "127.0.0.1"
     app_spec: str = "function_app:app"
     auth: bool = True
-    pumps: bool = True
-    timers: bool = True
+    only: tuple[str, ...] = ()  # run just these functions, like `func start --functions`
 
 
 @dataclass
@@ -78,7 +77,11 @@ class LocalHost:
         self.keys, self.keys_created = HostKeys.load_or_create(settings.state_dir)
         app = load_app(settings.app_spec, root)
         default_level = str(getattr(getattr(app, "auth_level", None), "value", "function")).lower()
-        self.functions = {f.name: f for f in index_functions(app, default_auth_level=default_level)}
+        indexed = index_functions(app, default_auth_level=default_level)
+        unknown = set(settings.only) - {f.name for f in indexed}
+        if unknown:
+            raise HostConfigError(f"--functions names unknown function(s): {', '.join(sorted(unknown))}")
+        self.functions = {f.name: f for f in indexed if not settings.only or f.name in settings.only}
         self.queues = LocalQueues(settings.state_dir / "queues.sqlite3")
         self.stats = _Stats()
         self.pumps = [
@@ -106,12 +109,10 @@ class LocalHost:
         """Serve HTTP and start the pumps and timers, in background threads."""
         self._serve_thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
         self._serve_thread.start()
-        if self.settings.pumps:
-            for pump in self.pumps:
-                pump.start()
-        if self.settings.timers:
-            for timer in self.timers:
-                timer.start()
+        for pump in self.pumps:
+            pump.start()
+        for timer in self.timers:
+            timer.start()
 
     def stop(self) -> None:
         """Stop accepting work and let running invocations finish."""
@@ -157,8 +158,10 @@ class LocalHost:
                 methods = ",".join(sorted(f.methods)) or "*"
                 print(f"  {f.name}: [{methods}] {self.base_url}{prefix}/{f.route.template}", file=out)
             elif f.trigger_type == EVENT_GRID:
-                print(f"  {f.name}: eventGridTrigger {self.base_url}/runtime/webhooks/EventGrid?functionName={f.name}",
-                      file=out)
+                print(
+                    f"  {f.name}: eventGridTrigger {self.base_url}/runtime/webhooks/EventGrid?functionName={f.name}",
+                    file=out,
+                )
             else:
                 print(f"  {f.name}: {f.trigger_type}", file=out)
 
@@ -216,8 +219,11 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body)
 
         def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-            self._send(status, json.dumps(payload, default=str).encode(),
-                       {"Content-Type": "application/json; charset=utf-8", **(headers or {})})
+            self._send(
+                status,
+                json.dumps(payload, default=str).encode(),
+                {"Content-Type": "application/json; charset=utf-8", **(headers or {})},
+            )
 
         def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
             self._json(status, {"error": HTTPStatus(status).phrase, "message": message}, headers)
@@ -242,8 +248,11 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
 
         def _require(self, level: str, query: dict[str, str], *, system: bool = False) -> None:
             if host.settings.auth and not host.keys.allows(level, self._key(query), system=system):
-                raise _Reply(401, f"this endpoint needs a{'n' if level == 'admin' else ''} {level} key "
-                                  "(x-functions-key header or code query parameter)")
+                raise _Reply(
+                    401,
+                    f"this endpoint needs a{'n' if level == 'admin' else ''} {level} key "
+                    "(x-functions-key header or code query parameter)",
+                )
 
         def _dispatch(self, method: str) -> None:
             try:
@@ -257,7 +266,7 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
                 elif lowered.startswith("/admin/"):
                     self._admin(method, lowered, query)
                 elif not prefix or lowered == prefix or lowered.startswith(prefix + "/"):
-                    self._http_trigger(method, path[len(prefix):], query)
+                    self._http_trigger(method, path[len(prefix) :], query)
                 elif lowered in ("", "/"):
                     self._send(200, b"Signalbox local Functions host is running.\n")
                 else:
@@ -311,8 +320,13 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
                 result = function.call(**{function.trigger_arg: request})
             except Exception as exc:
                 host.record(function.name, "Failed", time.monotonic() - started, None)
-                log.error("Executed 'Functions.%s' (Failed): %s: %s\n%s", function.name, type(exc).__name__, exc,
-                          traceback.format_exc(limit=5))
+                log.error(
+                    "Executed 'Functions.%s' (Failed): %s: %s\n%s",
+                    function.name,
+                    type(exc).__name__,
+                    exc,
+                    traceback.format_exc(limit=5),
+                )
                 raise _Reply(500, f"function {function.name} failed; see the host log") from None
             host.record(function.name, "Succeeded", time.monotonic() - started, None)
             self._http_result(result)
@@ -374,14 +388,24 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
                 return
             for event in events:
                 started = time.monotonic()
-                log.info("Executing 'Functions.%s' (Reason='EventGrid trigger fired', EventId=%s, EventType=%s)",
-                         name, event.id, event.type)
+                log.info(
+                    "Executing 'Functions.%s' (Reason='EventGrid trigger fired', EventId=%s, EventType=%s)",
+                    name,
+                    event.id,
+                    event.type,
+                )
                 try:
                     invoke_event_grid(function, event.to_function_kwargs())
                 except Exception as exc:
                     host.record(name, "Failed", time.monotonic() - started, event.id)
-                    log.error("Executed 'Functions.%s' (Failed, EventId=%s): %s: %s\n%s", name, event.id,
-                              type(exc).__name__, exc, traceback.format_exc(limit=5))
+                    log.error(
+                        "Executed 'Functions.%s' (Failed, EventId=%s): %s: %s\n%s",
+                        name,
+                        event.id,
+                        type(exc).__name__,
+                        exc,
+                        traceback.format_exc(limit=5),
+                    )
                     # A 5xx makes Event Grid retry the delivery, as the real extension does.
                     raise _Reply(500, f"function {name} failed on event {event.id}; the sender should retry") from None
                 host.record(name, "Succeeded", time.monotonic() - started, event.id)
@@ -403,8 +427,10 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
                 if function is None:
                     raise _Reply(404, f"no function named {name!r}")
                 if function.trigger_type != TIMER:
-                    raise _Reply(400, f"only timer functions can be run by hand here; {function.name} is a "
-                                      f"{function.trigger_type}")
+                    raise _Reply(
+                        400,
+                        f"only timer functions can be run by hand here; {function.name} is a {function.trigger_type}",
+                    )
                 self._body(MAX_HTTP_BODY)
                 runner = next(t for t in host.timers if t.function is function)
                 threading.Thread(target=runner.fire, daemon=True).start()

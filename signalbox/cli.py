@@ -1,0 +1,133 @@
+"""The ``signalbox`` command: run the local host, the demo, send events, read status, approve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _add_state(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("SIGNALBOX_STATE_DIR", ".signalbox")),
+        help="local state: queues, keys, MLflow store, landing zone (default .signalbox)",
+    )
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    _add_state(parser)
+    parser.add_argument(
+        "--host-url",
+        default=os.environ.get("SIGNALBOX_HOST_URL", "http://127.0.0.1:7071"),
+        help="the running local host (default http://127.0.0.1:7071)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="signalbox", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    host = commands.add_parser("host", help="run the function app on the local Functions host")
+    host.add_argument("--port", type=int, default=7071)
+    _add_state(host)
+    host.add_argument("--no-auth", action="store_true", help="do not check keys (the Core Tools behaviour)")
+    host.add_argument("--app", default="function_app:app", help="MODULE:ATTRIBUTE of the FunctionApp")
+    host.add_argument("--script-root", type=Path, default=Path("."), help="folder with host.json and the app")
+    host.add_argument("--functions", nargs="+", default=[], help="run only these functions")
+    host.add_argument(
+        "--with-mlflow",
+        action="store_true",
+        help="also start a local MLflow server (webhooks on) and register the host's webhook",
+    )
+
+    demo = commands.add_parser("demo", help="run the whole lifecycle on this machine, live")
+    demo.add_argument("--state-dir", type=Path, default=None, help="default: a fresh temporary folder")
+    demo.add_argument("--port", type=int, default=0, help="host port (default: a free one)")
+    demo.add_argument("--keep", action="store_true", help="leave the host and servers running at the end")
+
+    send = commands.add_parser("send", help="fire a well-formed event at a running host")
+    kinds = send.add_subparsers(dest="kind", required=True)
+    blob = kinds.add_parser("blob", help="land a file and deliver its BlobCreated event")
+    blob.add_argument("file", type=Path)
+    blob.add_argument("--path", help="blob path in the landing container (default iris/<file name>)")
+    blob.add_argument("--container", default="landing")
+    _add_target(blob)
+    drift = kinds.add_parser("drift", help="deliver a drift-alert CloudEvent")
+    drift.add_argument("model")
+    drift.add_argument("--score", type=float, default=0.4)
+    _add_target(drift)
+    registered = kinds.add_parser("model-registered", help="deliver an Azure ML ModelRegistered event")
+    registered.add_argument("model")
+    registered.add_argument("version")
+    _add_target(registered)
+    github = kinds.add_parser("github", help="deliver a signed GitHub push webhook")
+    github.add_argument("--branch", default="main")
+    github.add_argument("--paths", default="src/model.py", help="comma-separated changed paths")
+    github.add_argument("--repository", default="example/signalbox-models")
+    github.add_argument("--sha", default=None)
+    _add_target(github)
+
+    status = commands.add_parser("status", help="a model's lifecycle, read from the registry")
+    status.add_argument("model")
+    status.add_argument("--json", action="store_true")
+    _add_target(status)
+
+    for name in ("approve", "reject"):
+        decide = commands.add_parser(name, help=f"{name} a version waiting for approval")
+        decide.add_argument("model")
+        decide.add_argument("version")
+        decide.add_argument("--by", default=os.environ.get("USER", "cli"))
+        _add_target(decide)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``signalbox`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command == "host":
+        from signalbox.localhost.server import HostSettings, run_host
+
+        settings = HostSettings(
+            script_root=args.script_root,
+            state_dir=args.state_dir,
+            port=args.port,
+            app_spec=args.app,
+            auth=not args.no_auth,
+            only=tuple(args.functions),
+        )
+        if args.with_mlflow:
+            from signalbox.embedded import run_embedded
+
+            return run_embedded(settings, sys.stdout)
+        return run_host(settings, sys.stdout)
+    if args.command == "demo":
+        from signalbox.demo import run_demo
+
+        return run_demo(state_dir=args.state_dir, port=args.port, keep=args.keep)
+    from signalbox import client
+
+    try:
+        if args.command == "send":
+            result: Any = client.send(args)
+        elif args.command == "status":
+            result = client.status(args)
+        else:
+            result = client.decide(args, approve=args.command == "approve")
+    except client.ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(result, str):
+        print(result)
+    else:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

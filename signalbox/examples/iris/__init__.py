@@ -1,0 +1,1 @@
+"""The iris classifier: bundled data batches, a training job and a batch scoring job."""
