@@ -52,6 +52,7 @@ ENVIRONMENT = "signalbox.environment"
 LAST_DRIFT_TRAINING = "signalbox.drift.last_training_at"
 LAST_REFUSAL = "signalbox.last_refusal"
 LAST_FAILURE = "signalbox.last_failure"
+LATEST_DATA = "signalbox.data.latest"
 
 
 def record(**fields: object) -> str:

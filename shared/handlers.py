@@ -99,6 +99,9 @@ def land_blob(blob: BlobCreated, svc: Services) -> str:
         svc.events.publish("DataRefused", model.name, {"data_uri": blob.url, "reason": problem})
         log.warning("refused %s for model %s: %s", blob.url, model.name, problem)
         return "refused"
+    # Drift and code pushes retrain on the newest landed data.
+    svc.registry.set_model_tag(model.name, domain.LATEST_DATA, blob.url)
+    svc.events.publish("DataLanded", model.name, {"data_uri": blob.url, "bytes": size})
     svc.bus.send(
         _start(
             svc,
@@ -143,6 +146,7 @@ def drift_detected(model_name: str, alert_id: str, svc: Services) -> str:
     command = TrainModel(model_name=model_name, reason="drift", parameters={})
     svc.bus.send(_start(svc, command, cause=f"drift:{model_name}:{window}"))
     svc.registry.set_model_tag(model_name, domain.LAST_DRIFT_TRAINING, now.isoformat())
+    svc.events.publish("DriftDetected", model_name, {"alert_id": alert_id})
     return "train"
 
 
@@ -215,6 +219,9 @@ def train(envelope: Envelope, svc: Services) -> str:
     assert isinstance(command, TrainModel)
     model = svc.catalogue.get(command.model_name)
     compute = svc.compute_for(model)
+    data_uri = command.data_uri or svc.registry.model_tags(model.name).get(domain.LATEST_DATA)
+    if data_uri is None and model.kind == "trained":
+        raise PermanentError(f"model {model.name}: no data has landed yet, so there is nothing to train on")
     commit = command.commit_sha or svc.code_version.get("commit_sha")
     repository = command.repository or svc.code_version.get("repository")
     tags = {
@@ -226,19 +233,24 @@ def train(envelope: Envelope, svc: Services) -> str:
         tags[domain.COMMIT_SHA] = commit
     if repository:
         tags[domain.REPOSITORY] = repository
-    if command.data_uri:
-        tags[domain.DATA_URI] = command.data_uri
+    if data_uri:
+        tags[domain.DATA_URI] = data_uri
     job = JobRequest(
         model_name=model.name,
         purpose="score" if model.kind == "rule_based" else "train",
         job_reference=model.training.job,
-        data_uri=command.data_uri,
+        data_uri=data_uri,
         parameters={**model.training.parameters, **command.parameters},
         tags=tags,
         idempotency_key=envelope.message_id,
     )
     run_id = compute.launch(job)
     log.info("launched %s job %s for %s on %s", job.purpose, run_id, model.name, compute.backend)
+    svc.events.publish(
+        "TrainingStarted",
+        model.name,
+        {"run_id": run_id, "backend": compute.backend, "purpose": job.purpose, "reason": command.reason},
+    )
     poll = PollRun(
         model_name=model.name,
         backend=compute.backend,
@@ -282,6 +294,7 @@ def poll_run(envelope: Envelope, svc: Services) -> str:
     if not versions:
         _record_failure(svc, model.name, command.run_id, "job succeeded but registered no model version")
         return "no-version"
+    svc.events.publish("TrainingSucceeded", model.name, {"run_id": command.run_id, "versions": versions})
     for version in versions:
         evaluate = EvaluateVersion(model_name=model.name, version=version, source=f"job:{command.run_id}")
         svc.bus.send(envelope.follow(evaluate, cause=f"version:{model.name}:{version}", now=svc.clock()))
@@ -331,6 +344,9 @@ def evaluate(envelope: Envelope, svc: Services) -> str:
     if verdict.won:
         svc.registry.set_alias(model.name, domain.CHALLENGER, command.version)
     log.info("%s v%s %s: %s", model.name, command.version, "won" if verdict.won else "lost", verdict.reason)
+    svc.events.publish(
+        "VersionEvaluated", model.name, {"version": command.version, "won": verdict.won, "reason": verdict.reason}
+    )
     promote = PromoteVersion(model_name=model.name, version=command.version, decision="won" if verdict.won else "lost")
     svc.bus.send(envelope.follow(promote, now=svc.clock()))
     return "won" if verdict.won else "lost"
@@ -383,6 +399,11 @@ def promote(envelope: Envelope, svc: Services) -> str:
             return "pending-approval"
         if current not in (Approval.APPROVED, Approval.AUTO):
             svc.registry.set_version_tags(model.name, version.version, {domain.APPROVAL: Approval.AUTO})
+            svc.events.publish(
+                "VersionApproved",
+                model.name,
+                {"version": version.version, "by": f"auto ({envelope.environment} policy)"},
+            )
         svc.bus.send(
             envelope.follow(
                 DeployVersion(model_name=model.name, version=version.version),
@@ -413,6 +434,7 @@ def promote(envelope: Envelope, svc: Services) -> str:
         version.version,
         {domain.APPROVAL: Approval.APPROVED, domain.APPROVED_BY: command.decided_by or "unknown"},
     )
+    svc.events.publish("VersionApproved", model.name, {"version": version.version, "by": command.decided_by})
     svc.bus.send(
         envelope.follow(
             DeployVersion(model_name=model.name, version=version.version),

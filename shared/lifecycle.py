@@ -13,13 +13,16 @@ if TYPE_CHECKING:
 def lifecycle(model_name: str, svc: Services) -> dict[str, Any]:
     """Versions with stage, aliases, approval, decision and deployment records."""
     entry = svc.catalogue.get(model_name)
+    # Version searches do not return aliases everywhere: read the two Signalbox moves.
+    pointers = {alias: svc.registry.alias_version(model_name, alias) for alias in (domain.CHAMPION, domain.CHALLENGER)}
     versions = []
     for v in svc.registry.list_versions(model_name):
+        aliases = sorted(set(v.aliases) | {alias for alias, target in pointers.items() if target == v.version})
         versions.append(
             {
                 "version": v.version,
                 "stage": v.tags.get(domain.STAGE),
-                "aliases": list(v.aliases),
+                "aliases": aliases,
                 "approval": v.tags.get(domain.APPROVAL),
                 "approved_by": v.tags.get(domain.APPROVED_BY),
                 "decision": domain.read_record(v.tags.get(domain.DECISION)) or None,
@@ -37,8 +40,8 @@ def lifecycle(model_name: str, svc: Services) -> dict[str, Any]:
         "endpoint": svc.serving.endpoint_url(entry.deployment.endpoint)
         if entry.deployment.mode == "real_time"
         else None,
-        "champion": svc.registry.alias_version(model_name, domain.CHAMPION),
-        "challenger": svc.registry.alias_version(model_name, domain.CHALLENGER),
+        "champion": pointers[domain.CHAMPION],
+        "challenger": pointers[domain.CHALLENGER],
         "versions": versions,
         "last_refusal": domain.read_record(model_tags.get(domain.LAST_REFUSAL)) or None,
         "last_failure": domain.read_record(model_tags.get(domain.LAST_FAILURE)) or None,

@@ -292,7 +292,8 @@ def parse_github(headers: Mapping[str, str], body: bytes) -> GithubPush | Litera
     if not isinstance(deleted, bool):
         raise _invalid("deleted", "a boolean")
 
-    commits = payload.get("commits") or []
+    commits = payload.get("commits")
+    commits = [] if commits is None else commits
     if not isinstance(commits, list):
         raise _invalid("commits", "a list")
     head_commit = payload.get("head_commit")
@@ -304,7 +305,8 @@ def parse_github(headers: Mapping[str, str], body: bytes) -> GithubPush | Litera
         if not isinstance(commit, dict):
             raise _invalid(path, "an object")
         for kind in ("added", "modified", "removed"):
-            files = commit.get(kind) or []
+            files = commit.get(kind)
+            files = [] if files is None else files
             if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
                 raise _invalid(f"{path}.{kind}", "a list of strings")
             paths.update(files)

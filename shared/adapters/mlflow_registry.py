@@ -30,13 +30,13 @@ def _error_code(error: Exception) -> str | None:
     return code if isinstance(code, str) else None
 
 
-def _quoted(value: str) -> str:
-    """A string literal for an MLflow search filter."""
+def _quoted(value: str) -> str | None:
+    """A string literal for an MLflow search filter; None when the value cannot be quoted."""
     # MLflow's filter grammar has no escape sequences: pick a quote the value lacks.
-    for quote in ("'", '"', "`"):
+    for quote in ("'", '"'):
         if quote not in value:
             return f"{quote}{value}{quote}"
-    raise ValueError(f"cannot search for {value!r}: it contains every kind of quote")
+    return None
 
 
 class MlflowRegistry:
@@ -102,7 +102,11 @@ class MlflowRegistry:
 
     def list_versions(self, model_name: str) -> list[ModelVersion]:
         """Every version of a model, oldest first (empty when the model is unknown)."""
-        return self._sorted(self._search(f"name={_quoted(model_name)}"))
+        literal = _quoted(model_name)
+        if literal is not None:
+            return self._sorted(self._search(f"name={literal}"))
+        # A name with both kinds of quote cannot be written in a filter: scan and filter here.
+        return self._sorted(v for v in self._search("") if v.name == model_name)
 
     def versions_of_run(self, run_id: str) -> list[ModelVersion]:
         """The versions a training run registered."""

@@ -263,6 +263,8 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
                 prefix = f"/{host.config.route_prefix}".lower() if host.config.route_prefix else ""
                 if lowered == "/runtime/webhooks/eventgrid":
                     self._event_grid(method, query)
+                elif lowered.startswith("/endpoints/") and lowered.endswith("/invocations"):
+                    self._endpoint(method, path)
                 elif lowered.startswith("/admin/"):
                     self._admin(method, lowered, query)
                 elif not prefix or lowered == prefix or lowered.startswith(prefix + "/"):
@@ -411,6 +413,21 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
                 host.record(name, "Succeeded", time.monotonic() - started, event.id)
                 log.info("Executed 'Functions.%s' (Succeeded, EventId=%s)", name, event.id)
             self._send(200, b"")
+
+        # -- local endpoints ----------------------------------------------------------------
+
+        def _endpoint(self, method: str, path: str) -> None:
+            # The stable scoring URL of a local endpoint: whichever slot has the traffic now.
+            from signalbox.localhost.endpoints import proxy_invocation
+
+            if method != "POST":
+                raise _Reply(405, "score with POST", {"Allow": "POST"})
+            endpoint = path.strip("/").split("/")[1]
+            body = self._body(MAX_HTTP_BODY)
+            status, headers, payload = proxy_invocation(
+                host.settings.state_dir, endpoint, body, self.headers.get("Content-Type")
+            )
+            self._send(status, payload, headers)
 
         # -- admin ----------------------------------------------------------------------------
 

@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         lengths = pd.to_numeric(frame[FEATURE], errors="coerce")
         if lengths.isna().any():
-            raise JobError(f"{args.data}: column {FEATURE} has {int(lengths.isna().sum())} missing or non-numeric value(s)")
+            bad = int(lengths.isna().sum())
+            raise JobError(f"{args.data}: column {FEATURE} has {bad} missing or non-numeric value(s)")
         scored = frame.assign(**{FLAG: (lengths > threshold).astype(int)})
         flagged = int(scored[FLAG].sum())
         output: Path = args.output.resolve()

@@ -1,0 +1,155 @@
+"""Scores registered model versions on an evaluation CSV with MLflow's pyfunc flavour.
+
+The dataset is a CSV with the model's input columns and the truth in ``target``. Metrics:
+``accuracy``, ``f1_macro``, ``precision_macro``, ``recall_macro`` (classification) and
+``rmse``, ``mae``, ``r2`` (regression).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["METRICS", "TARGET", "MlflowEvaluator"]
+
+TARGET = "target"
+
+
+def _accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(truth, predicted))
+
+
+def _f1(truth: np.ndarray, predicted: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(truth, predicted, average="macro", zero_division=0))
+
+
+def _precision(truth: np.ndarray, predicted: np.ndarray) -> float:
+    from sklearn.metrics import precision_score
+
+    return float(precision_score(truth, predicted, average="macro", zero_division=0))
+
+
+def _recall(truth: np.ndarray, predicted: np.ndarray) -> float:
+    from sklearn.metrics import recall_score
+
+    return float(recall_score(truth, predicted, average="macro", zero_division=0))
+
+
+def _rmse(truth: np.ndarray, predicted: np.ndarray) -> float:
+    from sklearn.metrics import mean_squared_error
+
+    return math.sqrt(float(mean_squared_error(truth.astype(float), predicted.astype(float))))
+
+
+def _mae(truth: np.ndarray, predicted: np.ndarray) -> float:
+    from sklearn.metrics import mean_absolute_error
+
+    return float(mean_absolute_error(truth.astype(float), predicted.astype(float)))
+
+
+def _r2(truth: np.ndarray, predicted: np.ndarray) -> float:
+    from sklearn.metrics import r2_score
+
+    return float(r2_score(truth.astype(float), predicted.astype(float)))
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": _accuracy,
+    "f1_macro": _f1,
+    "precision_macro": _precision,
+    "recall_macro": _recall,
+    "rmse": _rmse,
+    "mae": _mae,
+    "r2": _r2,
+}
+
+
+class MlflowEvaluator:
+    """Loads ``models:/NAME/VERSION`` as pyfunc (once per version) and scores it on a CSV."""
+
+    def __init__(self, tracking_uri: str, registry_uri: str | None = None, data_root: Path | None = None) -> None:
+        self._tracking_uri = tracking_uri
+        # MLflow's own fallback is a ./mlflow.db in the working directory, never what is meant.
+        self._registry_uri = registry_uri or tracking_uri
+        self._data_root = data_root
+        self._models: dict[tuple[str, str], Any] = {}
+        self._downloads: tempfile.TemporaryDirectory[str] | None = None
+
+    def score(self, model_name: str, version: str, dataset: str, metrics: Sequence[str]) -> dict[str, float]:
+        """The named metrics of one version on the dataset; ``ValueError`` for an unknown metric or bad dataset."""
+        unknown = [name for name in metrics if name not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {', '.join(map(repr, unknown))} "
+                             f"(known: {', '.join(METRICS)})")
+        truth, features = self._read(dataset)
+        predicted = self._predict(self._model(model_name, version), features)
+        if len(predicted) != len(truth):
+            raise ValueError(f"{model_name} v{version} returned {len(predicted)} predictions for {len(truth)} rows")
+        return {name: METRICS[name](truth, predicted) for name in metrics}
+
+    def _path(self, dataset: str) -> Path:
+        parsed = urlparse(dataset)
+        if parsed.scheme == "file":
+            return Path(url2pathname(parsed.path))
+        path = Path(dataset).expanduser()
+        return path if path.is_absolute() or self._data_root is None else self._data_root / path
+
+    def _read(self, dataset: str) -> tuple[np.ndarray, Any]:
+        import pandas as pd
+
+        path = self._path(dataset)
+        try:
+            frame = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"evaluation dataset {path} is empty") from None
+        except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+            raise ValueError(f"evaluation dataset {path} cannot be read: {exc}") from None
+        if TARGET not in frame.columns:
+            raise ValueError(f"evaluation dataset {path} has no {TARGET!r} column")
+        if frame.empty:
+            raise ValueError(f"evaluation dataset {path} has no rows")
+        return frame[TARGET].to_numpy(), frame.drop(columns=[TARGET])
+
+    def _model(self, model_name: str, version: str) -> Any:
+        key = (model_name, str(version))
+        if key not in self._models:
+            import mlflow.artifacts
+            import mlflow.pyfunc
+
+            # Downloaded with explicit URIs rather than through mlflow's process-wide tracking URI,
+            # which other adapters in this process may point elsewhere.
+            if self._downloads is None:
+                self._downloads = tempfile.TemporaryDirectory(prefix="signalbox-evaluator-")
+            target = Path(self._downloads.name) / f"{len(self._models)}"
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{model_name}/{version}",
+                dst_path=str(target),
+                tracking_uri=self._tracking_uri,
+                registry_uri=self._registry_uri,
+            )
+            self._models[key] = mlflow.pyfunc.load_model(local)
+        return self._models[key]
+
+    @staticmethod
+    def _predict(model: Any, features: Any) -> np.ndarray:
+        import numpy as np
+        import pandas as pd
+
+        predicted = model.predict(features)
+        if isinstance(predicted, pd.DataFrame):
+            # A model returning a frame puts its prediction in the first column (or "predictions").
+            column = "predictions" if "predictions" in predicted.columns else predicted.columns[0]
+            predicted = predicted[column]
+        return np.asarray(predicted).reshape(len(features), -1)[:, 0]
