@@ -101,7 +101,7 @@ def _describe(kind: str, data: dict[str, Any]) -> str:
         return f"{version} deployed to {data.get('url') or data.get('endpoint')} (slot {data.get('slot')})"
     if kind == "DeploymentRolledBack":
         return f"{version}: {data.get('reason')}"
-    return " ".join(f"{k}={v}" for k, v in data.items()) if not version else version
+    return version if version else " ".join(f"{k}={v}" for k, v in data.items())
 
 
 def _event(seen: list[dict[str, Any]], kind: str, **match: Any) -> dict[str, Any] | None:
@@ -226,5 +226,5 @@ def _stop_endpoints(state: Path) -> None:
                     url=raw["url"],
                 )
             )
-        except Exception as exc:  # noqa: BLE001 - best effort at exit
+        except Exception as exc:
             print(f"warning: could not stop {slot_file}: {exc}", file=sys.stderr)
