@@ -139,7 +139,8 @@ class MlflowServer:
         deadline = began + timeout
         attempts = 1 if self._requested_port else _PORT_ATTEMPTS
         for attempt in range(1, attempts + 1):
-            if not self._requested_port:
+            # A restart keeps its URL when it can, so clients built before stop() still work.
+            if not self._requested_port and (self._port is None or attempt > 1):
                 self._port = _free_port(self.host)
             try:
                 self._launch()

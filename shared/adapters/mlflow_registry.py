@@ -7,7 +7,7 @@ app stays fast; only the code path that builds this adapter pays for it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +66,7 @@ class MlflowRegistry:
                 return
 
     @staticmethod
-    def _to_port(version: MlflowModelVersion) -> ModelVersion:
+    def _to_port(version: MlflowModelVersion, aliases: tuple[str, ...] | None = None) -> ModelVersion:
         created_ms: Any = version.creation_timestamp
         return ModelVersion(
             model_name=version.name,
@@ -75,13 +75,27 @@ class MlflowRegistry:
             source=version.source or None,
             status=str(version.status),
             tags=dict(version.tags or {}),
-            aliases=tuple(version.aliases or ()),
+            aliases=tuple(version.aliases or ()) if aliases is None else aliases,
             created_at=datetime.fromtimestamp(created_ms / 1000, tz=UTC) if created_ms else None,
         )
 
-    @staticmethod
-    def _sorted(versions: Iterator[MlflowModelVersion]) -> list[ModelVersion]:
-        ported = [MlflowRegistry._to_port(v) for v in versions]
+    def _aliases_by_version(self, model_name: str) -> dict[str, tuple[str, ...]]:
+        try:
+            model = self._client.get_registered_model(model_name)
+        except Exception as error:
+            if self._is(error, "RESOURCE_DOES_NOT_EXIST"):  # deleted since the search
+                return {}
+            raise
+        by_version: dict[str, list[str]] = {}
+        for alias, version in sorted((model.aliases or {}).items()):
+            by_version.setdefault(str(version), []).append(alias)
+        return {version: tuple(aliases) for version, aliases in by_version.items()}
+
+    def _sorted(self, versions: Iterable[MlflowModelVersion]) -> list[ModelVersion]:
+        found = list(versions)
+        # Searches return versions without their aliases; the registered model holds them.
+        aliases = {name: self._aliases_by_version(name) for name in {v.name for v in found}}
+        ported = [self._to_port(v, aliases[v.name].get(str(v.version), ())) for v in found]
         return sorted(ported, key=lambda v: (v.model_name, int(v.version) if v.version.isdigit() else 0))
 
     # -- Registry port ---------------------------------------------------------------------------

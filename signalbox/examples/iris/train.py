@@ -168,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> None:
         params = key_values(args.param, "--param")
         tags = key_values(args.tag, "--tag")
+        resolve_params(params)  # a bad parameter fails before any data is read
         if args.data is None:
             frame, data = training_frame("full"), "bundled:iris/full"
         else:

@@ -1,0 +1,296 @@
+"""The lifecycle's rules, through the handlers over in-memory fakes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared import domain, handlers
+from shared.contracts import Envelope, TrainModel
+from shared.events import BlobCreated, DriftAlert
+from shared.ports import RunStatus
+from shared.webhooks import GithubPush
+from tests.fakes import FakeBus, FakeCompute, FakeEvaluator, FakeRegistry, FakeServing, services
+
+MODEL = "iris-classifier"
+DISPATCH = {
+    "train": handlers.train,
+    "poll-run": handlers.poll_run,
+    "evaluate": handlers.evaluate,
+    "promote": handlers.promote,
+    "deploy": handlers.deploy,
+}
+
+
+def drain(svc) -> list[str]:
+    """Run every queued command through its handler, as the pipeline functions would."""
+    outcomes = []
+    bus: FakeBus = svc.bus  # type: ignore[assignment]
+    while bus.sent:
+        envelope, _ = bus.sent.pop(0)
+        outcomes.append(f"{envelope.command.kind}:{DISPATCH[envelope.command.kind](envelope, svc)}")
+    return outcomes
+
+
+def blob(event_id: str = "e1", path: str = "iris/batch.csv", size: int = 100, svc=None) -> BlobCreated:
+    url = f"file:///landing/{path}"
+    if svc is not None:
+        svc.landing.sizes[url] = size
+    return BlobCreated(
+        event_id=event_id,
+        url=url,
+        account="local",
+        container="landing",
+        blob_path=path,
+        content_length=size,
+        content_type="text/csv",
+        etag=None,
+        api="PutBlob",
+    )
+
+
+def train_to_version(svc, *, accuracy: float, event_id: str) -> str:
+    """Land data, run training to a registered version with the given score."""
+    registry: FakeRegistry = svc.registry
+    compute: FakeCompute = svc.compute["local"]
+    handlers.land_blob(blob(event_id, f"iris/{event_id}.csv", svc=svc), svc)
+    drain_until_poll = [e for e in svc.bus.take("train")]
+    for envelope in drain_until_poll:
+        handlers.train(envelope, svc)
+    (poll,) = svc.bus.take("poll-run")
+    run_id = poll.command.run_id
+    version = registry.register(MODEL, run_id=f"mlflow-{run_id}")
+    svc.evaluator.scores[version] = {"accuracy": accuracy, "f1_macro": accuracy}
+    compute.states[run_id] = RunStatus(run_id, "succeeded", outputs={"mlflow_run_id": f"mlflow-{run_id}"})
+    assert handlers.poll_run(poll, svc) == "evaluate"
+    return version
+
+
+def test_first_version_goes_all_the_way_to_production():
+    svc = services()
+    v1 = train_to_version(svc, accuracy=0.7, event_id="a")
+    assert drain(svc) == ["evaluate:won", "promote:deploy", "deploy:deployed"]
+    registry: FakeRegistry = svc.registry
+    tags = registry.get_version(MODEL, v1).tags
+    assert tags["stage"] == "production" and tags["approval"] == "auto"
+    assert registry.alias_version(MODEL, "champion") == v1 and registry.alias_version(MODEL, "challenger") is None
+    decision = json.loads(tags[domain.DECISION])
+    assert decision["won"] and "first version" in decision["reason"] and decision["champion"] is None
+    deployment = json.loads(tags[domain.DEPLOYMENT])
+    assert deployment["status"] == "deployed" and deployment["url"].endswith("/endpoints/iris/invocations")
+    assert tags[domain.COMMIT_SHA] == "abc123" and tags[domain.REPOSITORY] == "example/signalbox"
+
+
+def test_better_challenger_replaces_the_champion_and_the_old_one_is_surpassed():
+    svc = services()
+    v1 = train_to_version(svc, accuracy=0.7, event_id="a")
+    drain(svc)
+    v2 = train_to_version(svc, accuracy=0.9, event_id="b")
+    assert drain(svc) == ["evaluate:won", "promote:deploy", "deploy:deployed"]
+    assert svc.registry.stage(MODEL, v1) == "surpassed" and svc.registry.stage(MODEL, v2) == "production"
+    assert svc.serving.current("iris").version == v2
+    assert [d.version for d in svc.serving.running] == [v2]  # blue/green: the old server was stopped
+    assert svc.evaluator.calls[-2:] == [v2, v1]  # both scored on the same data
+
+
+def test_worse_challenger_records_why_and_changes_nothing():
+    svc = services()
+    v1 = train_to_version(svc, accuracy=0.9, event_id="a")
+    drain(svc)
+    v2 = train_to_version(svc, accuracy=0.8, event_id="b")
+    assert drain(svc) == ["evaluate:lost", "promote:lost"]
+    assert svc.registry.stage(MODEL, v2) is None
+    assert "not better" in json.loads(svc.registry.get_version(MODEL, v2).tags[domain.DECISION])["reason"]
+    assert svc.registry.alias_version(MODEL, "champion") == v1
+
+
+def test_two_challengers_at_once_end_with_one_staged_and_one_production():
+    svc = services(environment="prod")  # manual approval: both stop at staged
+    v1 = train_to_version(svc, accuracy=0.6, event_id="a")
+    drain(svc)
+    handlers.request_approval_decision(MODEL, v1, True, "ops", svc)
+    drain(svc)
+    v2 = train_to_version(svc, accuracy=0.9, event_id="b")
+    v3 = train_to_version(svc, accuracy=0.8, event_id="c")
+    drain(svc)
+    stages = {v.version: v.tags.get("stage") for v in svc.registry.list_versions(MODEL)}
+    assert stages == {v1: "production", v2: "staged", v3: None}
+    assert "lost to staged v2" in svc.registry.get_version(MODEL, v3).tags["signalbox.outcome"]
+    v4 = train_to_version(svc, accuracy=0.95, event_id="d")
+    drain(svc)
+    stages = {v.version: v.tags.get("stage") for v in svc.registry.list_versions(MODEL)}
+    assert stages == {v1: "production", v2: "unstaged", v3: None, v4: "staged"}
+    assert svc.registry.alias_version(MODEL, "challenger") == v4
+
+
+def test_manual_approval_waits_then_deploys_and_rejection_unstages():
+    svc = services(environment="staging")
+    v1 = train_to_version(svc, accuracy=0.7, event_id="a")
+    assert drain(svc) == ["evaluate:won", "promote:pending-approval"]
+    assert svc.registry.get_version(MODEL, v1).tags["approval"] == "pending"
+    assert "ApprovalRequested" in svc.events.types()
+    assert handlers.request_approval_decision(MODEL, v1, True, "alice", svc) == "approved"
+    assert drain(svc) == ["promote:deploy", "deploy:deployed"]
+    assert svc.registry.get_version(MODEL, v1).tags["approved_by"] == "alice"
+    with pytest.raises(ValueError, match="not waiting for approval"):
+        handlers.request_approval_decision(MODEL, v1, True, "alice", svc)
+    v2 = train_to_version(svc, accuracy=0.9, event_id="b")
+    drain(svc)
+    handlers.request_approval_decision(MODEL, v2, False, "bob", svc)
+    assert drain(svc) == ["promote:rejected"]
+    tags = svc.registry.get_version(MODEL, v2).tags
+    assert tags["stage"] == "unstaged" and tags["approval"] == "rejected"
+    assert svc.registry.alias_version(MODEL, "champion") == v1
+
+
+def test_failed_smoke_test_rolls_back_and_keeps_the_old_version():
+    svc = services()
+    v1 = train_to_version(svc, accuracy=0.7, event_id="a")
+    drain(svc)
+    serving: FakeServing = svc.serving
+    v2 = train_to_version(svc, accuracy=0.9, event_id="b")
+    serving.broken_versions.add(v2)
+    assert drain(svc)[-1] == "deploy:rolled-back"
+    assert svc.registry.stage(MODEL, v1) == "production" and serving.current("iris").version == v1
+    record = json.loads(svc.registry.get_version(MODEL, v2).tags[domain.DEPLOYMENT])
+    assert record["status"] == "rolled_back" and "smoke test failed" in record["reason"]
+    assert [d.version for d in serving.running] == [v1]  # the candidate was stopped
+
+
+def test_every_step_is_idempotent_on_redelivery():
+    svc = services()
+    v1 = train_to_version(svc, accuracy=0.7, event_id="a")
+    (evaluate,) = svc.bus.take("evaluate")
+    assert handlers.evaluate(evaluate, svc) == "won"
+    assert handlers.evaluate(evaluate, svc) == "already-evaluated"
+    (promote,) = svc.bus.take("promote")
+    assert handlers.promote(promote, svc) == "deploy"
+    assert handlers.promote(promote, svc) == "deploy"  # re-sends the same deploy id: dropped as duplicate
+    (deploy,) = svc.bus.take("deploy")
+    assert svc.bus.sent == []
+    assert handlers.deploy(deploy, svc) == "deployed"
+    assert handlers.deploy(deploy, svc) == "already-production"
+    assert svc.evaluator.calls == [v1]
+
+
+def test_the_same_event_twice_sends_one_command():
+    svc = services()
+    event = blob("same", svc=svc)
+    handlers.land_blob(event, svc)
+    handlers.land_blob(event, svc)
+    handlers.new_version(MODEL, "1", "mlflow", svc)
+    handlers.new_version(MODEL, "1", "azureml", svc)
+    assert [e.command.kind for e, _ in svc.bus.sent] == ["train", "evaluate"]
+
+
+def test_blobs_outside_the_prefix_are_ignored_and_empty_or_unreadable_files_refused():
+    svc = services()
+    assert handlers.land_blob(blob("x", "other/file.csv", svc=svc), svc) == "ignored"
+    assert handlers.land_blob(blob("y", "iris/empty.csv", size=0, svc=svc), svc) == "refused"
+    refusal = json.loads(svc.registry.model_tags(MODEL)[domain.LAST_REFUSAL])
+    assert refusal["reason"] == "the file is empty"
+    assert handlers.land_blob(blob("z", "iris/missing.csv"), svc) == "refused"
+    assert "cannot be read" in json.loads(svc.registry.model_tags(MODEL)[domain.LAST_REFUSAL])["reason"]
+    assert svc.bus.sent == []
+
+
+def test_a_drift_storm_launches_one_training_per_cooldown():
+    svc = services()
+    svc.registry.set_model_tag(MODEL, domain.LATEST_DATA, "file:///landing/iris/a.csv")
+    outcomes = [handlers.drift_alert(DriftAlert(f"alert-{n}", MODEL, "psi", 0.4, 0.2, "/m"), svc) for n in range(10)]
+    assert outcomes == ["train"] + ["cooldown"] * 9
+    svc.clock.advance(minutes=11)  # the catalogue's cooldown is PT10M
+    assert handlers.drift_alert(DriftAlert("later", MODEL, None, None, None, "/m"), svc) == "train"
+    trains = svc.bus.take("train")
+    assert len(trains) == 2 and {t.command.reason for t in trains} == {"drift"}
+    handlers.train(trains[0], svc)
+    assert svc.compute["local"].launched[0].data_uri == "file:///landing/iris/a.csv"
+
+
+def test_racing_drift_alerts_in_one_window_share_one_message_id():
+    svc = services()
+    first = handlers.drift_detected(MODEL, "a", svc)
+    svc.registry.model_tag_values[MODEL].pop(domain.LAST_DRIFT_TRAINING)  # as if the tag write raced
+    second = handlers.drift_detected(MODEL, "b", svc)
+    assert first == second == "train"
+    assert len(svc.bus.sent) == 1
+
+
+def push(branch: str | None, paths: tuple[str, ...], deleted: bool = False, delivery: str = "d1") -> GithubPush:
+    return GithubPush(
+        delivery_id=delivery,
+        repository="example/models",
+        branch=branch,
+        commit_sha="f00d",
+        deleted=deleted,
+        changed_paths=paths,
+    )
+
+
+def test_github_push_maps_branches_to_environments_and_filters_paths():
+    svc = services()
+    assert handlers.code_pushed(push("feature/x", ("src/model.py",)), svc) == []
+    assert handlers.code_pushed(push("main", ("docs/readme.md",)), svc) == []
+    assert handlers.code_pushed(push("main", ("src/model.py",), deleted=True), svc) == []
+    assert handlers.code_pushed(push(None, ("src/model.py",)), svc) == []
+    assert handlers.code_pushed(push("main", ("src/model.py",)), svc) == [MODEL]
+    assert handlers.code_pushed(push("main", ("src/model.py",)), svc) == [MODEL]  # redelivery: same message id
+    (train,) = svc.bus.take("train")
+    assert train.environment == "staging"
+    assert (train.command.commit_sha, train.command.repository) == ("f00d", "example/models")
+
+
+def test_polls_back_off_and_give_up_with_a_recorded_reason():
+    svc = services(SIGNALBOX_POLL_MAX_ATTEMPTS=3)
+    svc.registry.set_model_tag(MODEL, domain.LATEST_DATA, "file:///x.csv")
+    envelope = Envelope.start(TrainModel(model_name=MODEL, reason="manual"), cause="t", environment="dev")
+    run_id = handlers.train(envelope, svc)
+    delays = []
+    for _ in range(3):
+        ((poll, when),) = svc.bus.sent
+        svc.bus.sent.clear()
+        delays.append((when - svc.clock()).total_seconds())
+        handlers.poll_run(poll, svc)
+    assert delays == [2.0, 4.0, 8.0]
+    assert svc.compute["local"].cancelled == [run_id]
+    assert "gave up" in json.loads(svc.registry.model_tags(MODEL)[domain.LAST_FAILURE])["reason"]
+
+
+def test_a_failed_job_is_recorded_not_retried():
+    svc = services()
+    svc.registry.set_model_tag(MODEL, domain.LATEST_DATA, "file:///x.csv")
+    handlers.train(Envelope.start(TrainModel(model_name=MODEL, reason="manual"), cause="t", environment="dev"), svc)
+    (poll,) = svc.bus.take("poll-run")
+    compute: FakeCompute = svc.compute["local"]
+    compute.states[poll.command.run_id] = RunStatus(poll.command.run_id, "failed", "ValueError: empty CSV")
+    assert handlers.poll_run(poll, svc) == "failed"
+    assert "empty CSV" in json.loads(svc.registry.model_tags(MODEL)[domain.LAST_FAILURE])["reason"]
+    assert svc.bus.sent == []
+
+
+def test_training_without_any_landed_data_is_a_clear_permanent_error():
+    svc = services()
+    envelope = Envelope.start(TrainModel(model_name=MODEL, reason="drift"), cause="t", environment="dev")
+    with pytest.raises(handlers.PermanentError, match="no data has landed"):
+        handlers.train(envelope, svc)
+
+
+def test_guardrails_and_minimum_improvement_decide():
+    from shared.catalogue import Evaluation
+
+    spec = Evaluation(
+        dataset="d", primary_metric="rmse", direction="minimize", min_improvement=0.1, guardrails={"mae": 5.0}
+    )
+    assert domain.judge(spec, {"rmse": 1.0, "mae": 1.0}, None, None).won
+    assert not domain.judge(spec, {"rmse": 1.0, "mae": 6.0}, None, None).won
+    assert not domain.judge(spec, {"rmse": 1.95, "mae": 1.0}, {"rmse": 2.0, "mae": 1.0}, "1").won
+    assert domain.judge(spec, {"rmse": 1.5, "mae": 1.0}, {"rmse": 2.0, "mae": 1.0}, "1").won
+
+
+def test_unknown_models_are_ignored_by_ingress():
+    svc = services()
+    assert handlers.new_version("nope", "1", "mlflow", svc) == "ignored"
+    assert handlers.drift_detected("nope", "a", svc) == "ignored"
+    assert svc.bus.sent == []
+    assert isinstance(svc.evaluator, FakeEvaluator) and isinstance(svc.compute["local"], FakeCompute)
