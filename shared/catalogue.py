@@ -107,7 +107,7 @@ class ModelEntry(_Strict):
     data: Data
     evaluation: Evaluation | None = None
     approval: dict[str, ApprovalPolicy] = Field(default_factory=dict)
-    deployment: Deployment
+    deployment: Deployment | None = None
     drift: Drift = Drift()
 
     def approval_for(self, environment: str) -> ApprovalPolicy:
@@ -168,7 +168,9 @@ def load_catalogue(path: Path) -> Catalogue:
             raise CatalogueError(f"{path}: models.{name}: {field}: {first['msg']}") from None
         if model.kind == "trained" and model.evaluation is None:
             raise CatalogueError(f"{path}: models.{name}: evaluation: required for a trained model")
-        if model.deployment.mode == "batch" and not model.deployment.scoring_job:
+        if model.kind == "trained" and model.deployment is None:
+            raise CatalogueError(f"{path}: models.{name}: deployment: required for a trained model")
+        if model.deployment and model.deployment.mode == "batch" and not model.deployment.scoring_job:
             raise CatalogueError(f"{path}: models.{name}: deployment.scoring_job: required when mode is batch")
         models[name] = model
     return Catalogue(source=str(path), models=models)

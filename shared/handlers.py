@@ -130,7 +130,11 @@ def drift_detected(model_name: str, alert_id: str, svc: Services) -> str:
         return "ignored"
     now = svc.clock()
     cooldown = model.drift.cooldown
-    last = svc.registry.model_tags(model_name).get(domain.LAST_DRIFT_TRAINING)
+    tags = svc.registry.model_tags(model_name)
+    if model.kind == "trained" and not tags.get(domain.LATEST_DATA):
+        log.info("drift alert %s for %s ignored: no data has landed to retrain on", alert_id, model_name)
+        return "no-data"
+    last = tags.get(domain.LAST_DRIFT_TRAINING)
     if domain.in_cooldown(last, now, cooldown):
         log.info(
             "drift alert %s for %s ignored: a drift training started at %s (cooldown %s)",
@@ -172,6 +176,9 @@ def code_pushed(push: GithubPush, svc: Services) -> list[str]:
             continue
         patterns = model.training.code_paths or svc.settings.code_paths
         if not any(path_matches(p, patterns) for p in push.changed_paths):
+            continue
+        if not svc.registry.model_tags(model.name).get(domain.LATEST_DATA):
+            log.info("push %s: model %s has no landed data yet; not retrained", push.delivery_id, model.name)
             continue
         command = TrainModel(
             model_name=model.name, reason="code_push", commit_sha=push.commit_sha, repository=push.repository
@@ -475,6 +482,8 @@ def deploy(envelope: Envelope, svc: Services) -> str:
             version.tags.get(domain.APPROVAL),
         )
         return "skipped"
+    if model.deployment is None:
+        raise PermanentError(f"model {model.name}: the catalogue entry has no deployment section")
     endpoint = model.deployment.endpoint
     if model.deployment.mode == "batch":
         _make_production(svc, model.name, version.version, envelope, {"mode": "batch", "endpoint": endpoint})

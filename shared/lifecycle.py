@@ -38,7 +38,7 @@ def lifecycle(model_name: str, svc: Services) -> dict[str, Any]:
         "model": model_name,
         "kind": entry.kind,
         "endpoint": svc.serving.endpoint_url(entry.deployment.endpoint)
-        if entry.deployment.mode == "real_time"
+        if entry.deployment and entry.deployment.mode == "real_time"
         else None,
         "champion": pointers[domain.CHAMPION],
         "challenger": pointers[domain.CHALLENGER],

@@ -465,6 +465,4 @@ def _parse_databricks_job(payload: Mapping[str, Any]) -> DatabricksEvent:
     workspace_id = _id(payload, "workspace_id", "workspace_id", required=False)
     # Run ids are unique within a workspace; a task notification carries the task run's own id.
     key = f"job:{workspace_id or ''}:{run_id}:{event}"
-    return DatabricksEvent(
-        event=event, model_name=None, version=None, run_id=run_id, job_id=job_id, delivery_key=key
-    )
+    return DatabricksEvent(event=event, model_name=None, version=None, run_id=run_id, job_id=job_id, delivery_key=key)

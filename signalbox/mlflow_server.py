@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from types import TracebackType
@@ -75,9 +76,12 @@ def _free_port(host: str) -> int:
         return port
 
 
-def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+def _log_tail(path: Path, offset: int = 0, lines: int = _LOG_TAIL_LINES) -> str:
+    """The last lines the server wrote after ``offset`` (earlier runs share the file)."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode("utf-8", errors="replace")
     except OSError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
@@ -100,6 +104,7 @@ class MlflowServer:
         self._port: int | None = port or None
         self._webhook_cache_ttl = webhook_cache_ttl
         self._process: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
         self.started_in: float | None = None
 
     # -- properties --------------------------------------------------------------------------
@@ -199,6 +204,7 @@ class MlflowServer:
     def _launch(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
+            self._log_offset = log.tell()
             log.write(f"--- starting mlflow server on {self.url} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
             log.flush()
             self._process = subprocess.Popen(
@@ -220,7 +226,7 @@ class MlflowServer:
             if code is not None:
                 raise MlflowServerError(
                     f"mlflow server exited with code {code} before answering {health}; "
-                    f"log {self.log_path}:\n{_log_tail(self.log_path)}"
+                    f"log {self.log_path}:\n{_log_tail(self.log_path, self._log_offset)}"
                 )
             try:
                 with urllib.request.urlopen(health, timeout=2) as response:  # noqa: S310 - our own URL
@@ -230,7 +236,8 @@ class MlflowServer:
                 pass
             if time.monotonic() >= deadline:
                 raise MlflowServerError(
-                    f"mlflow server did not answer {health} in time; log {self.log_path}:\n{_log_tail(self.log_path)}"
+                    f"mlflow server did not answer {health} in time; "
+                    f"log {self.log_path}:\n{_log_tail(self.log_path, self._log_offset)}"
                 )
             time.sleep(_POLL_SECONDS)
 
@@ -313,5 +320,7 @@ def ensure_model_version_webhook(tracking_uri: str, name: str, url: str, secret:
         secret=secret,
         status="ACTIVE",
     )
-    _log.info("created MLflow webhook %r -> %s", name, url)
+    # Log where it points without userinfo or query, either of which may carry a credential.
+    parts = urllib.parse.urlsplit(url)
+    _log.info("created MLflow webhook %r -> %s://%s%s", name, parts.scheme, parts.hostname, parts.path)
     return str(created.webhook_id)

@@ -127,17 +127,20 @@ class MlflowEvaluator:
         if key not in self._models:
             import mlflow.artifacts
             import mlflow.pyfunc
+            from mlflow import MlflowClient
 
-            # Downloaded with explicit URIs rather than through mlflow's process-wide tracking URI,
-            # which other adapters in this process may point elsewhere.
+            # Resolved with explicit URIs: mlflow's models:/ resolution uses the process-wide
+            # registry URI, which other adapters in this process may point elsewhere.
+            client = MlflowClient(tracking_uri=self._tracking_uri, registry_uri=self._registry_uri)
+            source = client.get_model_version_download_uri(model_name, key[1])
+            if source.startswith("models:/"):  # a logged model (MLflow 3): the tracking store knows where it lives
+                source = client.get_logged_model(source.removeprefix("models:/")).artifact_location
             if self._downloads is None:
                 self._downloads = tempfile.TemporaryDirectory(prefix="signalbox-evaluator-")
-            target = Path(self._downloads.name) / f"{len(self._models)}"
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{model_name}/{version}",
-                dst_path=str(target),
+                artifact_uri=source,
+                dst_path=str(Path(self._downloads.name) / str(len(self._models))),
                 tracking_uri=self._tracking_uri,
-                registry_uri=self._registry_uri,
             )
             self._models[key] = mlflow.pyfunc.load_model(local)
         return self._models[key]

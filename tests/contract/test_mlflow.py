@@ -91,7 +91,7 @@ def test_server_answers_and_exposes_its_process(server: MlflowServer) -> None:
 
     assert server.running and isinstance(server.pid, int)
     assert server.url.startswith("http://127.0.0.1:")
-    with urllib.request.urlopen(f"{server.url}/health", timeout=5) as response:  # noqa: S310
+    with urllib.request.urlopen(f"{server.url}/health", timeout=5) as response:
         assert response.status == 200
     server.start()  # already running: nothing happens
     assert server.log_path.is_file()
@@ -141,7 +141,9 @@ def test_get_missing_version_raises_lookup_error(
         registry.get_version(name, version)
 
 
-def test_list_versions_oldest_first_in_numeric_order(registry: MlflowRegistry, client: Any, trained: tuple[str, str]) -> None:
+def test_list_versions_oldest_first_in_numeric_order(
+    registry: MlflowRegistry, client: Any, trained: tuple[str, str]
+) -> None:
     run_id, _ = trained
     name = "many-versions"
     client.create_registered_model(name)
@@ -150,12 +152,12 @@ def test_list_versions_oldest_first_in_numeric_order(registry: MlflowRegistry, c
     versions = registry.list_versions(name)
     assert [v.version for v in versions] == [str(n) for n in range(1, 12)]
     assert registry.list_versions("no-such-model") == []
-    for odd in ("it's", 'say "hi"', "it's \"both\""):
+    for odd in ("it's", 'say "hi"', 'it\'s "both"'):
         assert registry.list_versions(odd) == []
     # No filter can quote a name holding both quotes; the adapter still finds its versions.
-    client.create_registered_model("it's \"both\"")
-    client.create_model_version("it's \"both\"", source=f"runs:/{run_id}/model", run_id=run_id)
-    assert [v.version for v in registry.list_versions("it's \"both\"")] == ["1"]
+    client.create_registered_model('it\'s "both"')
+    client.create_model_version('it\'s "both"', source=f"runs:/{run_id}/model", run_id=run_id)
+    assert [v.version for v in registry.list_versions('it\'s "both"')] == ["1"]
 
 
 def test_versions_of_run(registry: MlflowRegistry, trained: tuple[str, str]) -> None:
@@ -218,7 +220,7 @@ class _Recorder(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(b"ok")
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -310,3 +312,24 @@ def test_model_version_created_webhook_is_delivered_and_verifies(
 def test_environment_is_not_leaked_into_this_process() -> None:
     # The server gets its webhook settings through its own environment only.
     assert "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY" not in os.environ
+
+
+def test_restart_keeps_url_and_can_still_use_stored_webhook_secrets(
+    server: MlflowServer, client: Any, receiver: tuple[str, Any]
+) -> None:
+    url, deliveries = receiver
+    hook_id = ensure_model_version_webhook(server.url, "survives-restart", url, SECRET)
+    before, old_pid = server.url, server.pid
+    server.stop()
+    assert not server.running and server.pid is None
+    server.start()
+    assert server.url == before and server.pid != old_pid
+    try:
+        # Sending a test event decrypts the stored secret: only the persisted key can do that.
+        result = client.test_webhook(hook_id)
+        assert result.success, result.error_message
+        headers, body = deliveries.get(timeout=10)
+        event = parse_mlflow(body, verify_mlflow(headers, body, SECRET, now=time.time()))
+        assert (event.entity, event.action) == ("model_version", "created")
+    finally:
+        client.delete_webhook(hook_id)

@@ -210,6 +210,7 @@ def test_a_drift_storm_launches_one_training_per_cooldown():
 
 def test_racing_drift_alerts_in_one_window_share_one_message_id():
     svc = services()
+    svc.registry.set_model_tag(MODEL, domain.LATEST_DATA, "file:///landing/iris/a.csv")
     first = handlers.drift_detected(MODEL, "a", svc)
     svc.registry.model_tag_values[MODEL].pop(domain.LAST_DRIFT_TRAINING)  # as if the tag write raced
     second = handlers.drift_detected(MODEL, "b", svc)
@@ -230,6 +231,7 @@ def push(branch: str | None, paths: tuple[str, ...], deleted: bool = False, deli
 
 def test_github_push_maps_branches_to_environments_and_filters_paths():
     svc = services()
+    svc.registry.set_model_tag(MODEL, domain.LATEST_DATA, "file:///landing/iris/a.csv")  # iris-batch has none
     assert handlers.code_pushed(push("feature/x", ("src/model.py",)), svc) == []
     assert handlers.code_pushed(push("main", ("docs/readme.md",)), svc) == []
     assert handlers.code_pushed(push("main", ("src/model.py",), deleted=True), svc) == []
@@ -292,5 +294,42 @@ def test_unknown_models_are_ignored_by_ingress():
     svc = services()
     assert handlers.new_version("nope", "1", "mlflow", svc) == "ignored"
     assert handlers.drift_detected("nope", "a", svc) == "ignored"
+    assert handlers.drift_detected(MODEL, "a", svc) == "no-data"
     assert svc.bus.sent == []
     assert isinstance(svc.evaluator, FakeEvaluator) and isinstance(svc.compute["local"], FakeCompute)
+
+
+def test_rule_based_models_run_a_scoring_job_and_nothing_else():
+    svc = services()
+    handlers.land_blob(blob("r1", "rules/batch.csv", svc=svc), svc)
+    (train,) = svc.bus.take("train")
+    run_id = handlers.train(train, svc)
+    (job,) = svc.compute["local"].launched
+    assert (job.purpose, job.job_reference, job.parameters["threshold"]) == (
+        "score",
+        "signalbox.examples.rules.score",
+        "4.8",
+    )
+    (poll,) = svc.bus.take("poll-run")
+    svc.compute["local"].states[run_id] = RunStatus(run_id, "succeeded", outputs={"rows": "45"})
+    assert handlers.poll_run(poll, svc) == "scored"
+    assert svc.bus.sent == [] and "ScoringCompleted" in svc.events.types()
+    assert handlers.new_version("iris-rules", "1", "mlflow", svc) == "ignored"
+
+
+def test_batch_models_move_the_production_alias_and_launch_batch_scoring():
+    svc = services()
+    registry: FakeRegistry = svc.registry
+    version = registry.register("iris-batch", run_id="r", **{domain.DATA_URI: "file:///landing/iris-batch/a.csv"})
+    svc.evaluator.scores[version] = {"accuracy": 0.9}
+    handlers.new_version("iris-batch", version, "mlflow", svc)
+    assert drain(svc) == ["evaluate:won", "promote:deploy", "deploy:batch"]
+    assert registry.stage("iris-batch", version) == "production"
+    assert registry.alias_version("iris-batch", "champion") == version
+    (job,) = svc.compute["local"].launched
+    assert (job.purpose, job.job_reference, job.data_uri) == (
+        "score",
+        "signalbox.examples.iris.batch_score",
+        "file:///landing/iris-batch/a.csv",
+    )
+    assert svc.serving.routed == {}
