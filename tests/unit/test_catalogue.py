@@ -86,7 +86,7 @@ def test_missing_file_and_bad_toml_are_clear(tmp_path):
 
 def test_batch_models_need_a_scoring_job(tmp_path):
     path = write(tmp_path, GOOD.replace('endpoint = "churn"', 'endpoint = "churn"\nmode = "batch"'))
-    with pytest.raises(CatalogueError, match="deployment.scoring_job: required"):
+    with pytest.raises(CatalogueError, match=r"deployment\.scoring_job: required"):
         load_catalogue(path)
 
 
