@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["MlflowServer", "MlflowServerError", "ensure_model_version_webhook"]
+__all__ = ["MlflowServer", "MlflowServerError", "ensure_model_version_webhook", "webhook_encryption_key"]
 
 _log = logging.getLogger(__name__)
 

@@ -58,8 +58,13 @@ class LocalCompute:
 
     backend = "local"
 
-    def __init__(self, state_dir: Path, tracking_uri: str, python: str = sys.executable,
-                 extra_env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        tracking_uri: str,
+        python: str = sys.executable,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
         self._jobs = Path(state_dir) / "jobs"
         self._tracking_uri = tracking_uri
         self._python = python
@@ -188,8 +193,10 @@ class LocalCompute:
 def _job_arguments(job: JobRequest) -> list[str]:
     """The job's command-line arguments after the module; ``ValueError`` naming a bad field."""
     if not _MODULE.fullmatch(job.job_reference):
-        raise ValueError(f"job_reference: {job.job_reference!r} is not a dotted Python module name "
-                         "(the local backend runs python -m MODULE)")
+        raise ValueError(
+            f"job_reference: {job.job_reference!r} is not a dotted Python module name "
+            "(the local backend runs python -m MODULE)"
+        )
     if not job.model_name or job.model_name.startswith("-"):
         raise ValueError(f"model_name: {job.model_name!r} is not a usable model name")
     argv: list[str] = []

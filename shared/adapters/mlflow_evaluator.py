@@ -91,8 +91,7 @@ class MlflowEvaluator:
         """The named metrics of one version on the dataset; ``ValueError`` for an unknown metric or bad dataset."""
         unknown = [name for name in metrics if name not in METRICS]
         if unknown:
-            raise ValueError(f"unknown metric(s) {', '.join(map(repr, unknown))} "
-                             f"(known: {', '.join(METRICS)})")
+            raise ValueError(f"unknown metric(s) {', '.join(map(repr, unknown))} (known: {', '.join(METRICS)})")
         truth, features = self._read(dataset)
         predicted = self._predict(self._model(model_name, version), features)
         if len(predicted) != len(truth):

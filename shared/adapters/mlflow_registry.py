@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,16 @@ class MlflowRegistry:
 
     def _is(self, error: Exception, *codes: str) -> bool:
         return isinstance(error, self._mlflow_exception) and _error_code(error) in codes
+
+    @contextmanager
+    def _version_must_exist(self, model_name: str, version: str) -> Iterator[None]:
+        """Turn MLflow's "not found" for a version (or its model) into ``LookupError``."""
+        try:
+            yield
+        except Exception as error:
+            if self._is(error, "RESOURCE_DOES_NOT_EXIST"):
+                raise LookupError(f"model {model_name} version {version} is not registered") from None
+            raise
 
     def _search(self, filter_string: str) -> Iterator[MlflowModelVersion]:
         page_token: str | None = None
@@ -102,16 +113,11 @@ class MlflowRegistry:
 
     def get_version(self, model_name: str, version: str) -> ModelVersion:
         """One version; raises ``LookupError`` when it does not exist."""
-        missing = LookupError(f"model {model_name} version {version} is not registered")
         # MLflow versions are integers; anything else cannot name one.
         if not str(version).isdigit():
-            raise missing
-        try:
+            raise LookupError(f"model {model_name} version {version} is not registered")
+        with self._version_must_exist(model_name, version):
             found = self._client.get_model_version(model_name, str(version))
-        except Exception as error:
-            if self._is(error, "RESOURCE_DOES_NOT_EXIST"):
-                raise missing from None
-            raise
         return self._to_port(found)
 
     def list_versions(self, model_name: str) -> list[ModelVersion]:
@@ -129,9 +135,10 @@ class MlflowRegistry:
         return self._sorted(self._search(f"run_id='{run_id}'"))
 
     def set_version_tags(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
-        """Set (overwrite) tags on a version."""
-        for key, value in tags.items():
-            self._client.set_model_version_tag(model_name, str(version), key, value)
+        """Set (overwrite) tags on a version; ``LookupError`` when it does not exist."""
+        with self._version_must_exist(model_name, version):
+            for key, value in tags.items():
+                self._client.set_model_version_tag(model_name, str(version), key, value)
 
     def delete_version_tag(self, model_name: str, version: str, key: str) -> None:
         """Remove a tag from a version; no error when it is absent."""
@@ -144,8 +151,9 @@ class MlflowRegistry:
             self.get_version(model_name, version)
 
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
-        """Point an alias at a version."""
-        self._client.set_registered_model_alias(model_name, alias, str(version))
+        """Point an alias at a version; ``LookupError`` when it does not exist."""
+        with self._version_must_exist(model_name, version):
+            self._client.set_registered_model_alias(model_name, alias, str(version))
 
     def delete_alias(self, model_name: str, alias: str) -> None:
         """Remove an alias; no error when it is absent."""

@@ -180,6 +180,8 @@ def test_version_tags(registry: MlflowRegistry, trained: tuple[str, str]) -> Non
     assert registry.get_version(MODEL, version).tags == {"stage": "production"}
     with pytest.raises(LookupError):
         registry.delete_version_tag(MODEL, "999", "stage")
+    with pytest.raises(LookupError, match="model no-such-model version 1 is not registered"):
+        registry.set_version_tags("no-such-model", "1", {"stage": "staged"})
 
 
 def test_aliases(registry: MlflowRegistry, trained: tuple[str, str]) -> None:
@@ -194,6 +196,8 @@ def test_aliases(registry: MlflowRegistry, trained: tuple[str, str]) -> None:
     assert registry.alias_version(MODEL, "champion") is None
     assert registry.alias_version("no-such-model", "champion") is None
     registry.delete_alias("no-such-model", "champion")
+    with pytest.raises(LookupError):
+        registry.set_alias(MODEL, "champion", "999")
 
 
 def test_model_tags(registry: MlflowRegistry) -> None:

@@ -25,8 +25,11 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the batch scoring job; returns the exit status."""
-    parser = job_parser("python -m signalbox.examples.iris.batch_score", "Batch-score a CSV with a registered model.",
-                        data_required=False)
+    parser = job_parser(
+        "python -m signalbox.examples.iris.batch_score",
+        "Batch-score a CSV with a registered model.",
+        data_required=False,
+    )
     parser.add_argument("--alias", help="registry alias to score with (default: champion)")
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="predictions CSV")
     args = parser.parse_args(argv)

@@ -13,8 +13,16 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["CLASSES", "FEATURES", "TARGET", "BatchKind", "evaluation_frame", "training_frame", "write_batch",
-           "write_evaluation"]
+__all__ = [
+    "CLASSES",
+    "FEATURES",
+    "TARGET",
+    "BatchKind",
+    "evaluation_frame",
+    "training_frame",
+    "write_batch",
+    "write_evaluation",
+]
 
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 TARGET = "target"

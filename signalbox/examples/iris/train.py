@@ -87,8 +87,10 @@ def resolve_params(params: Mapping[str, str]) -> tuple[str, dict[str, str]]:
     allowed = _DEFAULTS[estimator]
     unknown = sorted(set(given) - set(allowed))
     if unknown:
-        raise JobError(f"parameter(s) {', '.join(unknown)} not understood by {estimator} "
-                       f"(known: {', '.join(sorted(allowed))}, estimator)")
+        raise JobError(
+            f"parameter(s) {', '.join(unknown)} not understood by {estimator} "
+            f"(known: {', '.join(sorted(allowed))}, estimator)"
+        )
     resolved = {**allowed, **given}
     for name, raw in resolved.items():
         _PARSERS[name](name, raw)
@@ -161,8 +163,9 @@ def _log(trained: Trained, frame: pd.DataFrame, model_name: str, data: str, tags
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the training job; returns the exit status."""
-    parser = job_parser("python -m signalbox.examples.iris.train", "Train and register the iris classifier.",
-                        data_required=False)
+    parser = job_parser(
+        "python -m signalbox.examples.iris.train", "Train and register the iris classifier.", data_required=False
+    )
     args = parser.parse_args(argv)
 
     def body() -> None:
@@ -176,9 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         trained = train(frame, params)
         result = _log(trained, frame, args.model_name, data, tags)
         write_result(args.result_file, result)
-        print(f"registered {args.model_name} version {result['model_version']} "
-              f"(run {result['mlflow_run_id']}, training accuracy {trained.metrics['training_accuracy']:.3f})",
-              flush=True)
+        print(
+            f"registered {args.model_name} version {result['model_version']} "
+            f"(run {result['mlflow_run_id']}, training accuracy {trained.metrics['training_accuracy']:.3f})",
+            flush=True,
+        )
 
     return run_job(body)
 

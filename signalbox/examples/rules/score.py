@@ -28,8 +28,9 @@ DEFAULT_THRESHOLD = 4.8
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the rule-based scoring job; returns the exit status."""
-    parser = job_parser("python -m signalbox.examples.rules.score", "Flag virginica-like rows by petal length.",
-                        data_required=True)
+    parser = job_parser(
+        "python -m signalbox.examples.rules.score", "Flag virginica-like rows by petal length.", data_required=True
+    )
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="predictions CSV")
     args = parser.parse_args(argv)
 
@@ -64,10 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         with mlflow.start_run(tags={**tags, MODEL_NAME_TAG: args.model_name}) as run:
             mlflow.log_params({"threshold": threshold, "rule": f"{FEATURE} > threshold", "data": str(args.data)})
             mlflow.log_metrics({"rows": len(scored), "flagged": flagged})
-        write_result(args.result_file,
-                     {"mlflow_run_id": run.info.run_id, "rows": len(scored), "flagged": flagged, "output": str(output)})
-        print(f"flagged {flagged} of {len(scored)} rows (threshold {threshold}) into {output} (run {run.info.run_id})",
-              flush=True)
+        write_result(
+            args.result_file,
+            {"mlflow_run_id": run.info.run_id, "rows": len(scored), "flagged": flagged, "output": str(output)},
+        )
+        print(
+            f"flagged {flagged} of {len(scored)} rows (threshold {threshold}) into {output} (run {run.info.run_id})",
+            flush=True,
+        )
 
     return run_job(body)
 
