@@ -95,7 +95,7 @@ def mlflow_webhook(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="webhooks/databricks", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def databricks_webhook(req: func.HttpRequest) -> func.HttpResponse:
-    """Databricks registry webhooks and job notifications (HMAC-signed)."""
+    """Databricks Model Registry webhook (X-Databricks-Signature): MODEL_VERSION_CREATED → evaluate."""
     from shared import handlers, webhooks
 
     svc = runtime.services()
@@ -110,9 +110,23 @@ def databricks_webhook(req: func.HttpRequest) -> func.HttpResponse:
         return problem(exc.status, str(exc))
     if event.event == "MODEL_VERSION_CREATED" and event.model_name and event.version:
         return json_response({"outcome": handlers.new_version(event.model_name, event.version, "databricks", svc)})
-    if event.event.startswith("jobs.") and event.run_id and event.model_name:
-        return json_response({"outcome": handlers.run_finished("databricks", event.run_id, event.model_name, svc)})
     return json_response({"outcome": "ignored"})
+
+
+@bp.route(route="webhooks/databricks-jobs", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def databricks_job_notification(req: func.HttpRequest) -> func.HttpResponse:
+    """Databricks job notification destination (function key in the URL): a finished run → poll it now."""
+    from shared import handlers, webhooks
+
+    try:
+        event = webhooks.parse_databricks(req.get_body())
+    except webhooks.WebhookRejected as exc:
+        return problem(exc.status, str(exc))
+    if not event.event.startswith("jobs.") or not event.run_id or not event.job_id:
+        return json_response({"outcome": "ignored"})
+    return json_response(
+        {"outcome": handlers.job_notified("databricks", event.job_id, event.run_id, runtime.services())}
+    )
 
 
 @bp.route(route="webhooks/github", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -140,6 +140,13 @@ class Catalogue(_Strict):
         owners = [m for m in self.models.values() if m.owns_blob(container, blob_path)]
         return max(owners, key=lambda m: len(m.data.prefix), default=None)
 
+    def for_job(self, backend: str, job_reference: str) -> ModelEntry | None:
+        """The model whose training job this is (Databricks job id or name, Azure ML job)."""
+        return next(
+            (m for m in self.models.values() if m.training.backend == backend and m.training.job == job_reference),
+            None,
+        )
+
     def for_drift_monitor(self, monitor: str) -> ModelEntry | None:
         """The model an Azure ML drift monitor watches."""
         return next((m for m in self.models.values() if monitor in m.drift.monitors or monitor == m.name), None)

@@ -198,6 +198,15 @@ def run_finished(backend: str, run_id: str, model_name: str, svc: Services) -> s
     return "poll"
 
 
+def job_notified(backend: str, job_reference: str, run_id: str, svc: Services) -> str:
+    """A job notification names the job, not the model: find the model whose catalogue entry runs it."""
+    model = svc.catalogue.for_job(backend, job_reference)
+    if model is None:
+        log.info("ignored %s notification for job %s: no catalogue model runs it", backend, job_reference)
+        return "ignored"
+    return run_finished(backend, run_id, model.name, svc)
+
+
 def request_approval_decision(model_name: str, version: str, approve: bool, who: str, svc: Services) -> str:
     """An approve/reject from a person → the promote queue (serialised per model)."""
     model = svc.catalogue.get(model_name)

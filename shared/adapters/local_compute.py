@@ -41,6 +41,7 @@ EXIT_CODE_FILE = "exit_code"
 CANCELLED_FILE = "cancelled"
 
 _RUNNER = "shared.adapters.local_job_runner"
+_CANNOT_START = 127  # what a shell reports for a command it cannot run
 # The directory holding the ``shared`` package: jobs and the wrapper import from it.
 _CODE_ROOT = Path(__file__).resolve().parents[2]
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -106,15 +107,21 @@ class LocalCompute:
         }
         _write_json(jobdir / JOB_FILE, record)
         with open(jobdir / LOG_FILE, "ab") as log:
-            proc = subprocess.Popen(
-                [self._python, "-m", _RUNNER, str(jobdir), "--", *argv],
-                cwd=jobdir,
-                env=self._env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            try:
+                proc = subprocess.Popen(
+                    [self._python, "-m", _RUNNER, str(jobdir), "--", *argv],
+                    cwd=jobdir,
+                    env=self._env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                # Reported through the run like any failed job, so the poller records why.
+                log.write(f"cannot start {self._python}: {exc}\n".encode())
+                _write_text(jobdir / EXIT_CODE_FILE, f"{_CANNOT_START}\n")
+                return run_id
         self._children[run_id] = proc
         record.update(pid=proc.pid, pid_started=_proc_stat(proc.pid)[1])
         _write_json(jobdir / JOB_FILE, record)

@@ -2,8 +2,9 @@
 
 Every job is a module run as ``python -m MODULE --data CSV --model-name NAME [--param k=v ...]
 [--tag k=v ...] [--result-file PATH]``, the calling convention of the local compute. A bad input
-exits with status 2 and a single ``error: ...`` line on stderr, because the compute reports the
-last line of the job's log as the reason it failed.
+exits with status 2 and a single ``error: ...`` line on stderr, and any other failure ends with
+such a line after its traceback, because the compute reports the last line of the job's log as
+the reason it failed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -95,10 +97,16 @@ def write_result(path: Path | None, result: Mapping[str, object]) -> None:
 
 
 def run_job(body: Callable[[], None]) -> int:
-    """Run a job's body; a ``JobError`` becomes one ``error:`` line on stderr and exit status 2."""
+    """Run a job's body: a ``JobError`` exits 2, anything else 1, each ending the log with one ``error:`` line."""
     try:
         body()
     except JobError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except Exception as exc:
+        # The traceback is for whoever reads the log; the closing line is what the compute reports.
+        traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: {type(exc).__name__}: {one_line(first)}", file=sys.stderr, flush=True)
+        return 1
     return 0

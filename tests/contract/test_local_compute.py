@@ -294,6 +294,13 @@ def test_unknown_run_ids_and_bad_requests_are_refused(env: Env, tmp_path: Path) 
     assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())
 
 
+def test_an_interpreter_that_cannot_start_is_a_failed_run(env: Env, tmp_path: Path) -> None:
+    compute = LocalCompute(tmp_path, env.tracking_uri, python=str(tmp_path / "no-python"))
+    status = compute.status(compute.launch(job("sleepy")))
+    assert status.state == "failed" and status.message is not None
+    assert status.message.startswith(f"cannot start {tmp_path / 'no-python'}: ")
+
+
 def test_the_same_idempotency_key_launches_once(env: Env) -> None:
     compute = env.compute()
     request = job("sleepy", parameters={"seconds": "0"}, idempotency_key="message-42")

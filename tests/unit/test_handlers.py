@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from shared.webhooks import GithubPush
 from tests.fakes import FakeBus, FakeCompute, FakeEvaluator, FakeRegistry, FakeServing, services
 
 MODEL = "iris-classifier"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DISPATCH = {
     "train": handlers.train,
     "poll-run": handlers.poll_run,
@@ -333,3 +335,24 @@ def test_batch_models_move_the_production_alias_and_launch_batch_scoring():
         "file:///landing/iris-batch/a.csv",
     )
     assert svc.serving.routed == {}
+
+
+def test_a_job_notification_finds_its_model_through_the_catalogue(tmp_path):
+    from shared.catalogue import load_catalogue
+
+    text = (
+        (REPO_ROOT / "catalogue.toml")
+        .read_text()
+        .replace(
+            'backend = "local"\njob = "signalbox.examples.iris.train"\nparameters = { C = "1.0" }',
+            'backend = "databricks"\njob = "1234"\nparameters = { C = "1.0" }',
+        )
+    )
+    path = tmp_path / "catalogue.toml"
+    path.write_text(text)
+    svc = services(load_catalogue(path))
+    svc.compute = {"databricks": FakeCompute(backend="databricks")}
+    assert handlers.job_notified("databricks", "1234", "987", svc) == "poll"
+    assert handlers.job_notified("databricks", "5555", "988", svc) == "ignored"
+    (poll,) = svc.bus.take("poll-run")
+    assert (poll.command.model_name, poll.command.backend, poll.command.run_id) == (MODEL, "databricks", "987")

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from signalbox.examples import JobError, read_csv  # noqa: E402
+from signalbox.examples import JobError, read_csv, run_job  # noqa: E402
 from signalbox.examples.iris.data import CLASSES, FEATURES, TARGET, write_batch, write_evaluation  # noqa: E402
 from signalbox.examples.iris.train import resolve_params, train  # noqa: E402
 
@@ -95,3 +95,19 @@ def test_training_refuses_data_it_cannot_learn_from(tmp_path: Path) -> None:
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(JobError, match="empty"):
         read_csv(tmp_path / "empty.csv")
+
+
+def test_a_job_ends_its_log_with_one_error_line_whatever_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    def bad_input() -> None:
+        raise JobError("data.csv: the CSV is empty")
+
+    def crash() -> None:
+        raise RuntimeError("registry unreachable\nsecond line of detail")
+
+    assert run_job(bad_input) == 2
+    assert capsys.readouterr().err == "error: data.csv: the CSV is empty\n"
+    assert run_job(crash) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    assert err.strip().splitlines()[-1] == "error: RuntimeError: registry unreachable"
+    assert run_job(lambda: None) == 0

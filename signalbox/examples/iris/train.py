@@ -153,6 +153,8 @@ def _log(trained: Trained, frame: pd.DataFrame, model_name: str, data: str, tags
             signature=infer_signature(features, trained.model.predict(features)),
             input_example=features.head(3),
             pip_requirements=_pip_requirements(),
+            # skops refuses tree storage unless told; these trees are our own, just fitted.
+            skops_trusted_types=["sklearn.tree._tree.Tree"] if trained.params["estimator"] == "random_forest" else None,
         )
         version = str(info.registered_model_version)
         client = MlflowClient()
