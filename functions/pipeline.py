@@ -7,16 +7,22 @@ MaxDeliveryCount it is dead-lettered with the error. Promote and deploy use sess
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import azure.functions as func
 
 from shared import queues, runtime
+
+if TYPE_CHECKING:
+    from shared.contracts import Envelope
 
 bp = func.Blueprint()
 
 CONNECTION = "ServiceBusConnection"
 
 
-def _envelope(message: func.ServiceBusMessage, queue: str):  # type: ignore[no-untyped-def]
+def _envelope(message: func.ServiceBusMessage, queue: str) -> Envelope:
+    """The command in a queue message; ``ContractError`` naming the field when it is invalid."""
     from shared.contracts import parse_envelope
 
     return parse_envelope(message.get_body(), queue=queue)

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from shared import domain
 from shared.contracts import (
@@ -216,7 +216,7 @@ def request_approval_decision(model_name: str, version: str, approve: bool, who:
             f"{model_name} v{version} is not waiting for approval "
             f"(stage={current.tags.get(domain.STAGE, 'none')}, approval={current.tags.get(domain.APPROVAL, 'none')})"
         )
-    decision = "approved" if approve else "rejected"
+    decision: Literal["approved", "rejected"] = "approved" if approve else "rejected"
     command = PromoteVersion(model_name=model_name, version=version, decision=decision, decided_by=who)
     correlation = current.tags.get(domain.CORRELATION_ID)
     envelope = _start(svc, command, cause=f"approval:{model_name}:{version}:{decision}")

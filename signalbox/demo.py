@@ -115,7 +115,8 @@ def _event(seen: list[dict[str, Any]], kind: str, **match: Any) -> dict[str, Any
 def _score(url: str, evaluation: Path) -> list[Any]:
     from shared.handlers import smoke_payload
 
-    response = requests.post(url, json=smoke_payload(evaluation, rows=3), timeout=30)
+    payload: dict[str, Any] = smoke_payload(evaluation, rows=3)
+    response = requests.post(url, json=payload, timeout=30)
     response.raise_for_status()
     body = response.json()
     return list(body.get("predictions", body) if isinstance(body, dict) else body)
