@@ -180,7 +180,10 @@ def run_demo(state_dir: Path | None = None, port: int = 0, keep: bool = False) -
         print()
         print(format_lifecycle(json.loads(json.dumps(data, default=str))))
         print()
-        print(f"Endpoint: {endpoint_url}")
+        print(
+            f"Endpoint: {endpoint_url}"
+            + ("" if keep else "  (stops with the demo; `signalbox demo --keep` keeps it up)")
+        )
         print(f"  curl -s -X POST {endpoint_url} -H 'Content-Type: application/json' \\")
         print(
             '    -d \'{"dataframe_split": {"columns": ["sepal_length", "sepal_width", "petal_length",'

@@ -44,8 +44,9 @@ class FragileModel(mlflow.pyfunc.PythonModel):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train, write the side file, register the version; returns the exit status."""
-    parser = job_parser("python -m tests.apps.jobs.fragile_model", "Train a model that needs a side file.",
-                        data_required=True)
+    parser = job_parser(
+        "python -m tests.apps.jobs.fragile_model", "Train a model that needs a side file.", data_required=True
+    )
     args = parser.parse_args(argv)
 
     def body() -> None:
