@@ -57,7 +57,7 @@ def bootstrap(settings: Settings | None = None) -> Services:
         bus=LocalBus(LocalQueues(state / "queues.sqlite3")),
         registry=MlflowRegistry(tracking, registry_uri),
         compute={"local": LocalCompute(state, tracking)},
-        evaluator=MlflowEvaluator(tracking, registry_uri, data_root=settings.catalogue.parent),
+        evaluator=MlflowEvaluator(tracking, registry_uri),
         serving=LocalServing(state, tracking, settings.host_url, registry_uri=registry_uri),
         landing=LocalLandingZone(),
         events=LocalLifecycleEvents(state / "events.jsonl"),

@@ -68,7 +68,7 @@ class Data(_Strict):
 class Evaluation(_Strict):
     """How a challenger is judged against the champion."""
 
-    dataset: str = Field(min_length=1)
+    dataset: str = Field(min_length=1, description="CSV with a target column; relative to the catalogue file")
     primary_metric: str = Field(min_length=1)
     direction: Literal["maximize", "minimize"] = "maximize"
     min_improvement: float = Field(default=0.0, ge=0.0)
@@ -179,5 +179,13 @@ def load_catalogue(path: Path) -> Catalogue:
             raise CatalogueError(f"{path}: models.{name}: deployment: required for a trained model")
         if model.deployment and model.deployment.mode == "batch" and not model.deployment.scoring_job:
             raise CatalogueError(f"{path}: models.{name}: deployment.scoring_job: required when mode is batch")
-        models[name] = model
+        models[name] = _resolve_paths(model, path.parent)
     return Catalogue(source=str(path), models=models)
+
+
+def _resolve_paths(model: ModelEntry, base: Path) -> ModelEntry:
+    """Relative dataset paths are relative to the catalogue's folder, wherever the process runs."""
+    if model.evaluation is None or "://" in model.evaluation.dataset or Path(model.evaluation.dataset).is_absolute():
+        return model
+    dataset = str((base / model.evaluation.dataset).resolve())
+    return model.model_copy(update={"evaluation": model.evaluation.model_copy(update={"dataset": dataset})})

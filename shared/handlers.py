@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import unquote, urlsplit
 
 from shared import domain
 from shared.contracts import (
@@ -118,8 +119,18 @@ def new_version(model_name: str, version: str, source: str, svc: Services, *, en
     if model is None or model.kind != "trained":
         return "ignored"
     command = EvaluateVersion(model_name=model_name, version=version, source=source)
-    # The cause is the version itself, so every announcement of it maps to one message id.
-    svc.bus.send(_start(svc, command, cause=f"version:{model_name}:{version}", environment=environment))
+    # The cause is the version itself, so every announcement of it maps to one message id; and
+    # the lifecycle (environment, correlation) is the one the training job tagged on the version.
+    try:
+        tags = svc.registry.get_version(model_name, version).tags
+    except LookupError:
+        tags = {}
+    envelope = _start(
+        svc, command, cause=f"version:{model_name}:{version}", environment=environment or tags.get(domain.ENVIRONMENT)
+    )
+    if tags.get(domain.CORRELATION_ID):
+        envelope = envelope.model_copy(update={"correlation_id": tags[domain.CORRELATION_ID]})
+    svc.bus.send(envelope)
     return "evaluate"
 
 
@@ -357,8 +368,6 @@ def evaluate(envelope: Envelope, svc: Services) -> str:
     verdict = domain.judge(spec, challenger_scores, champion_scores, champion_version)
     tags = {domain.DECISION: verdict.to_tag(), domain.CORRELATION_ID: envelope.correlation_id}
     svc.registry.set_version_tags(model.name, command.version, tags)
-    if verdict.won:
-        svc.registry.set_alias(model.name, domain.CHALLENGER, command.version)
     log.info("%s v%s %s: %s", model.name, command.version, "won" if verdict.won else "lost", verdict.reason)
     svc.events.publish(
         "VersionEvaluated", model.name, {"version": command.version, "won": verdict.won, "reason": verdict.reason}
@@ -461,6 +470,11 @@ def promote(envelope: Envelope, svc: Services) -> str:
     return "deploy"
 
 
+def _local_dataset(dataset: str) -> Path:
+    parts = urlsplit(dataset)
+    return Path(unquote(parts.path)) if parts.scheme == "file" else Path(dataset)
+
+
 def smoke_payload(dataset: Path, rows: int = 5) -> dict[str, object]:
     """A small scoring request from the evaluation data (features only)."""
     with dataset.open(newline="", encoding="utf-8") as handle:
@@ -513,12 +527,17 @@ def deploy(envelope: Envelope, svc: Services) -> str:
     except Exception as exc:
         return _rolled_back(svc, model.name, version.version, endpoint, f"the new deployment did not start: {exc}")
     try:
-        dataset = Path(model.evaluation.dataset) if model.evaluation else None
+        dataset = _local_dataset(model.evaluation.dataset) if model.evaluation else None
         payload = smoke_payload(dataset) if dataset else {"inputs": []}
         svc.serving.invoke(candidate, payload)
     except Exception as exc:
         svc.serving.stop(candidate)
         return _rolled_back(svc, model.name, version.version, endpoint, f"smoke test failed: {exc}")
+    # Promotion runs on its own queue: a newer winner may have replaced this version meanwhile.
+    if domain.stage_of(svc.registry.get_version(model.name, version.version)) is not Stage.STAGED:
+        svc.serving.stop(candidate)
+        log.info("deploy of %s v%s abandoned: replaced while it was starting", model.name, version.version)
+        return "superseded"
     svc.serving.route(endpoint, candidate)
     if previous is not None and previous.slot != candidate.slot:
         svc.serving.stop(previous)
@@ -561,11 +580,18 @@ def _make_production(
 
 
 def _rolled_back(svc: Services, model_name: str, version: str, endpoint: str, reason: str) -> str:
+    # Unstaged, so the next winner is compared with the champion, not with a version that cannot serve.
     svc.registry.set_version_tags(
         model_name,
         version,
-        {domain.DEPLOYMENT: domain.record(status="rolled_back", endpoint=endpoint, reason=reason, at=svc.clock())},
+        {
+            domain.DEPLOYMENT: domain.record(status="rolled_back", endpoint=endpoint, reason=reason, at=svc.clock()),
+            domain.STAGE: Stage.UNSTAGED,
+            "signalbox.outcome": "deployment rolled back",
+        },
     )
+    if svc.registry.alias_version(model_name, domain.CHALLENGER) == version:
+        svc.registry.delete_alias(model_name, domain.CHALLENGER)
     svc.events.publish("DeploymentRolledBack", model_name, {"version": version, "reason": reason})
     log.warning("deploy of %s v%s rolled back: %s", model_name, version, reason)
     return "rolled-back"

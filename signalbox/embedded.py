@@ -146,14 +146,15 @@ def run_embedded(settings: HostSettings, out: Any) -> int:
     """``signalbox host --with-mlflow``: the whole embedded default in the foreground."""
     import signal
 
+    stopping = threading.Event()
+    # Installed before anything starts, so a SIGTERM during start-up still stops MLflow too.
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
     embedded = start_embedded(settings)
     embedded.host.print_banner(out)
     print(f"MLflow server and UI: {embedded.mlflow.url} (registry webhook -> /api/webhooks/mlflow)", file=out)
     print(f"Landing zone: drop files under {embedded.landing_dir}/<container>/<path>", file=out)
     out.flush()
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
     stopping.wait()
     embedded.stop()
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,7 +86,10 @@ class MlflowEvaluator:
         self._registry_uri = registry_uri or tracking_uri
         self._data_root = data_root
         self._models: dict[tuple[str, str], Any] = {}
-        self._downloads: tempfile.TemporaryDirectory[str] | None = None
+        # Evaluations run concurrently (one per message): one lock guards the cache and the
+        # download folder, so two versions never share a folder or load each other's model.
+        self._lock = threading.Lock()
+        self._downloads = tempfile.TemporaryDirectory(prefix="signalbox-evaluator-")
 
     def score(self, model_name: str, version: str, dataset: str, metrics: Sequence[str]) -> dict[str, float]:
         """The named metrics of one version on the dataset; ``ValueError`` for an unknown metric or bad dataset."""
@@ -123,25 +127,28 @@ class MlflowEvaluator:
 
     def _model(self, model_name: str, version: str) -> Any:
         key = (model_name, str(version))
-        if key not in self._models:
-            import mlflow.artifacts
-            import mlflow.pyfunc
-            from mlflow import MlflowClient
+        with self._lock:
+            return self._models.get(key) or self._load(key)
 
-            # Resolved with explicit URIs: mlflow's models:/ resolution uses the process-wide
-            # registry URI, which other adapters in this process may point elsewhere.
-            client = MlflowClient(tracking_uri=self._tracking_uri, registry_uri=self._registry_uri)
-            source = client.get_model_version_download_uri(model_name, key[1])
-            if source.startswith("models:/"):  # a logged model (MLflow 3): the tracking store knows where it lives
-                source = client.get_logged_model(source.removeprefix("models:/")).artifact_location
-            if self._downloads is None:
-                self._downloads = tempfile.TemporaryDirectory(prefix="signalbox-evaluator-")
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=source,
-                dst_path=str(Path(self._downloads.name) / str(len(self._models))),
-                tracking_uri=self._tracking_uri,
-            )
-            self._models[key] = mlflow.pyfunc.load_model(local)
+    def _load(self, key: tuple[str, str]) -> Any:
+        """Download and load one version (called under the lock)."""
+        model_name = key[0]
+        import mlflow.artifacts
+        import mlflow.pyfunc
+        from mlflow import MlflowClient
+
+        # Resolved with explicit URIs: mlflow's models:/ resolution uses the process-wide
+        # registry URI, which other adapters in this process may point elsewhere.
+        client = MlflowClient(tracking_uri=self._tracking_uri, registry_uri=self._registry_uri)
+        source = client.get_model_version_download_uri(model_name, key[1])
+        if source.startswith("models:/"):  # a logged model (MLflow 3): the tracking store knows where it lives
+            source = client.get_logged_model(source.removeprefix("models:/")).artifact_location
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=source,
+            dst_path=tempfile.mkdtemp(dir=self._downloads.name),
+            tracking_uri=self._tracking_uri,
+        )
+        self._models[key] = mlflow.pyfunc.load_model(local)
         return self._models[key]
 
     @staticmethod

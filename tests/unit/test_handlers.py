@@ -119,6 +119,7 @@ def test_two_challengers_at_once_end_with_one_staged_and_one_production():
     stages = {v.version: v.tags.get("stage") for v in svc.registry.list_versions(MODEL)}
     assert stages == {v1: "production", v2: "staged", v3: None}
     assert "lost to staged v2" in svc.registry.get_version(MODEL, v3).tags["signalbox.outcome"]
+    assert svc.registry.alias_version(MODEL, "challenger") == v2
     v4 = train_to_version(svc, accuracy=0.95, event_id="d")
     drain(svc)
     stages = {v.version: v.tags.get("stage") for v in svc.registry.list_versions(MODEL)}
@@ -158,6 +159,49 @@ def test_failed_smoke_test_rolls_back_and_keeps_the_old_version():
     record = json.loads(svc.registry.get_version(MODEL, v2).tags[domain.DEPLOYMENT])
     assert record["status"] == "rolled_back" and "smoke test failed" in record["reason"]
     assert [d.version for d in serving.running] == [v1]  # the candidate was stopped
+    assert svc.registry.stage(MODEL, v2) == "unstaged"  # it cannot block the next winner
+    v3 = train_to_version(svc, accuracy=0.8, event_id="c")
+    assert drain(svc)[-1] == "deploy:deployed"
+    assert svc.registry.stage(MODEL, v3) == "production" and serving.current("iris").version == v3
+
+
+def test_a_deploy_overtaken_by_a_newer_winner_does_not_take_traffic():
+    svc = services()
+    train_to_version(svc, accuracy=0.6, event_id="a")
+    drain(svc)
+    v2 = train_to_version(svc, accuracy=0.8, event_id="b")
+    drain_until = [e for e in svc.bus.take("evaluate")]
+    handlers.evaluate(drain_until[0], svc)
+    (promote,) = svc.bus.take("promote")
+    handlers.promote(promote, svc)
+    (deploy_v2,) = svc.bus.take("deploy")
+    serving: FakeServing = svc.serving
+    original_start = serving.start
+
+    def start_while_a_newer_version_wins(endpoint, model_name, version):
+        deployment = original_start(endpoint, model_name, version)
+        v3 = train_to_version(svc, accuracy=0.9, event_id="c")
+        for kind in ("evaluate", "promote"):
+            for envelope in svc.bus.take(kind):
+                DISPATCH[kind](envelope, svc)
+        assert svc.registry.stage(MODEL, v3) == "staged"
+        return deployment
+
+    serving.start = start_while_a_newer_version_wins  # type: ignore[method-assign]
+    assert handlers.deploy(deploy_v2, svc) == "superseded"
+    serving.start = original_start  # type: ignore[method-assign]
+    assert svc.registry.stage(MODEL, v2) == "unstaged" and serving.current("iris").version == "1"
+    assert drain(svc) == ["deploy:deployed"]
+    assert serving.current("iris").version == "3" and svc.registry.stage(MODEL, "1") == "surpassed"
+
+
+def test_a_webhook_announcement_keeps_the_training_lifecycle():
+    svc = services()
+    registry: FakeRegistry = svc.registry
+    version = registry.register(MODEL, **{domain.ENVIRONMENT: "staging", domain.CORRELATION_ID: "lifecycle-1"})
+    handlers.new_version(MODEL, version, "mlflow", svc)
+    (evaluate,) = svc.bus.take("evaluate")
+    assert (evaluate.environment, evaluate.correlation_id) == ("staging", "lifecycle-1")
 
 
 def test_every_step_is_idempotent_on_redelivery():

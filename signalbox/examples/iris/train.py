@@ -139,7 +139,6 @@ def _pip_requirements() -> list[str]:
 
 def _log(trained: Trained, frame: pd.DataFrame, model_name: str, data: str, tags: Mapping[str, str]) -> dict[str, str]:
     import mlflow
-    from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
     features = frame[list(FEATURES)]
@@ -149,17 +148,16 @@ def _log(trained: Trained, frame: pd.DataFrame, model_name: str, data: str, tags
         info = mlflow.sklearn.log_model(
             trained.model,
             name="model",
-            registered_model_name=model_name,
             signature=infer_signature(features, trained.model.predict(features)),
             input_example=features.head(3),
             pip_requirements=_pip_requirements(),
             # skops refuses tree storage unless told; these trees are our own, just fitted.
             skops_trusted_types=["sklearn.tree._tree.Tree"] if trained.params["estimator"] == "random_forest" else None,
         )
-        version = str(info.registered_model_version)
-        client = MlflowClient()
-        for key, value in tags.items():
-            client.set_model_version_tag(model_name, version, key, value)
+        # Registered with its tags in one call: the registry webhook fires on creation, and
+        # whoever reads the version then must already see its environment and correlation id.
+        registered = mlflow.register_model(info.model_uri, model_name, tags=dict(tags))
+        version = str(registered.version)
     return {"mlflow_run_id": run.info.run_id, "model_version": version}
 
 
