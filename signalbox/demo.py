@@ -205,30 +205,4 @@ def run_demo(state_dir: Path | None = None, port: int = 0, keep: bool = False) -
         print(f"\nDEMO FAILED: {exc}. See {state / 'logs' / 'host.log'}", file=sys.stderr)
         return 1
     finally:
-        _stop_endpoints(state)
         embedded.stop()
-
-
-def _stop_endpoints(state: Path) -> None:
-    """Stop the scoring servers the demo's deployments started."""
-    from shared.adapters.local_serving import LocalServing
-
-    serving = LocalServing(state, "", "")
-    for slot_file in (state / "endpoints").glob("*/*.json"):
-        if slot_file.name == "route.json":
-            continue
-        from shared.ports import Deployment
-
-        raw = json.loads(slot_file.read_text())
-        try:
-            serving.stop(
-                Deployment(
-                    endpoint=slot_file.parent.name,
-                    model_name=raw["model_name"],
-                    version=str(raw["version"]),
-                    slot=raw["slot"],
-                    url=raw["url"],
-                )
-            )
-        except Exception as exc:
-            print(f"warning: could not stop {slot_file}: {exc}", file=sys.stderr)

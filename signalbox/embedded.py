@@ -109,10 +109,35 @@ class Embedded:
         return self.watcher.root
 
     def stop(self) -> None:
-        """Stop the watcher, the host (finishing running work) and the MLflow server."""
+        """Stop the watcher, the host (finishing running work), the endpoints and the MLflow server."""
         self.watcher.stop()
         self.host.stop()
+        stop_endpoints(self.host.settings.state_dir)
         self.mlflow.stop()
+
+
+def stop_endpoints(state_dir: Path) -> None:
+    """Stop every local scoring server recorded in the state dir."""
+    from shared.adapters.local_serving import LocalServing
+    from shared.ports import Deployment
+
+    serving = LocalServing(state_dir, "", "")
+    for slot_file in sorted((state_dir / "endpoints").glob("*/*.json")):
+        if slot_file.name == "route.json":
+            continue
+        try:
+            raw = json.loads(slot_file.read_text(encoding="utf-8"))
+            serving.stop(
+                Deployment(
+                    endpoint=slot_file.parent.name,
+                    model_name=raw["model_name"],
+                    version=str(raw["version"]),
+                    slot=raw["slot"],
+                    url=raw["url"],
+                )
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("could not stop the scoring server of %s: %s", slot_file, exc)
 
 
 def start_embedded(settings: HostSettings) -> Embedded:
