@@ -429,14 +429,7 @@ def promote(envelope: Envelope, svc: Services) -> str:
                 model.name,
                 {"version": version.version, "by": f"auto ({envelope.environment} policy)"},
             )
-        svc.bus.send(
-            envelope.follow(
-                DeployVersion(model_name=model.name, version=version.version),
-                cause=f"deploy:{model.name}:{version.version}",
-                now=svc.clock(),
-            )
-        )
-        return "deploy"
+        return _send_deploy(svc, envelope, model.name, version.version)
     if stage is not Stage.STAGED:
         log.info("%s on %s v%s ignored: the version is %s", command.decision, model.name, version.version, stage)
         return "ignored"
@@ -450,8 +443,7 @@ def promote(envelope: Envelope, svc: Services) -> str:
                 domain.APPROVED_BY: command.decided_by or "unknown",
             },
         )
-        if svc.registry.alias_version(model.name, domain.CHALLENGER) == version.version:
-            svc.registry.delete_alias(model.name, domain.CHALLENGER)
+        _drop_challenger(svc, model.name, version.version)
         svc.events.publish("ApprovalRejected", model.name, {"version": version.version, "by": command.decided_by})
         return "rejected"
     svc.registry.set_version_tags(
@@ -460,14 +452,19 @@ def promote(envelope: Envelope, svc: Services) -> str:
         {domain.APPROVAL: Approval.APPROVED, domain.APPROVED_BY: command.decided_by or "unknown"},
     )
     svc.events.publish("VersionApproved", model.name, {"version": version.version, "by": command.decided_by})
-    svc.bus.send(
-        envelope.follow(
-            DeployVersion(model_name=model.name, version=version.version),
-            cause=f"deploy:{model.name}:{version.version}",
-            now=svc.clock(),
-        )
-    )
+    return _send_deploy(svc, envelope, model.name, version.version)
+
+
+def _send_deploy(svc: Services, envelope: Envelope, model_name: str, version: str) -> str:
+    deploy_command = DeployVersion(model_name=model_name, version=version)
+    svc.bus.send(envelope.follow(deploy_command, cause=f"deploy:{model_name}:{version}", now=svc.clock()))
     return "deploy"
+
+
+def _drop_challenger(svc: Services, model_name: str, version: str) -> None:
+    """Remove the challenger alias if it points at this version."""
+    if svc.registry.alias_version(model_name, domain.CHALLENGER) == version:
+        svc.registry.delete_alias(model_name, domain.CHALLENGER)
 
 
 def _local_dataset(dataset: str) -> Path:
@@ -573,8 +570,7 @@ def _make_production(
             tags[key] = value
     svc.registry.set_version_tags(model_name, version, tags)
     svc.registry.set_alias(model_name, domain.CHAMPION, version)
-    if svc.registry.alias_version(model_name, domain.CHALLENGER) == version:
-        svc.registry.delete_alias(model_name, domain.CHALLENGER)
+    _drop_challenger(svc, model_name, version)
     svc.events.publish("VersionDeployed", model_name, {"version": version, **deployment})
     log.info("%s v%s is in production (%s)", model_name, version, deployment)
 
@@ -590,8 +586,7 @@ def _rolled_back(svc: Services, model_name: str, version: str, endpoint: str, re
             "signalbox.outcome": "deployment rolled back",
         },
     )
-    if svc.registry.alias_version(model_name, domain.CHALLENGER) == version:
-        svc.registry.delete_alias(model_name, domain.CHALLENGER)
+    _drop_challenger(svc, model_name, version)
     svc.events.publish("DeploymentRolledBack", model_name, {"version": version, "reason": reason})
     log.warning("deploy of %s v%s rolled back: %s", model_name, version, reason)
     return "rolled-back"

@@ -16,15 +16,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-# pytest's rootdir import mode puts only tests/contract on sys.path; the app's packages live at the repo root.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from shared.adapters.local_compute import LocalCompute
+from shared.adapters.mlflow_evaluator import MlflowEvaluator
+from shared.ports import JobRequest, RunStatus
+from signalbox.examples.iris.data import FEATURES, write_batch, write_evaluation
 
-from shared.adapters.local_compute import LocalCompute  # noqa: E402
-from shared.adapters.mlflow_evaluator import MlflowEvaluator  # noqa: E402
-from shared.ports import JobRequest, RunStatus  # noqa: E402
-from signalbox.examples.iris.data import FEATURES, write_batch, write_evaluation  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 MODEL = "iris-contract"
 TRAIN = "signalbox.examples.iris.train"

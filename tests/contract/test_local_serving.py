@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,14 +17,11 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-# pytest's rootdir import mode puts only tests/contract on sys.path; the app's packages live at the repo root.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from shared.adapters.local_serving import LocalServing, resolve_route
+from shared.ports import Deployment
+from signalbox.localhost.endpoints import proxy_invocation
 
-from shared.adapters.local_serving import LocalServing, resolve_route  # noqa: E402
-from shared.ports import Deployment  # noqa: E402
-from signalbox.localhost.endpoints import proxy_invocation  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 MODEL = "iris"
 ENDPOINT = "iris-live"

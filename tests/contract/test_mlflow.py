@@ -17,19 +17,16 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-# pytest's rootdir import mode puts only tests/contract on sys.path; the app's packages live at the repo root.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from shared.adapters.mlflow_registry import MlflowRegistry  # noqa: E402
-from shared.webhooks import WebhookRejected, parse_mlflow, verify_mlflow  # noqa: E402
-from signalbox.mlflow_server import (  # noqa: E402
+from shared.adapters.mlflow_registry import MlflowRegistry
+from shared.webhooks import WebhookRejected, parse_mlflow, verify_mlflow
+from signalbox.mlflow_server import (
     MlflowServer,
     MlflowServerError,
     ensure_model_version_webhook,
     webhook_encryption_key,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 MODEL = "churn"
 SECRET = "contract-webhook-secret"

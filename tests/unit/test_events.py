@@ -12,13 +12,8 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-# pytest's rootdir import mode puts only tests/unit on sys.path; the app's packages live at the repo root.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from shared import events  # noqa: E402
-from shared.events import (  # noqa: E402
+from shared import events
+from shared.events import (
     DRIFT_ALERT_TYPE,
     BlobCreated,
     DatasetDriftDetected,
@@ -33,6 +28,8 @@ from shared.events import (  # noqa: E402
     parse_delivery,
     validation_code,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 FIXTURES = REPO / "tests" / "fixtures" / "events"
 WORKSPACE_TOPIC = (

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-# pytest's rootdir import mode puts only tests/unit on sys.path; the app's packages live at the repo root.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from signalbox.examples import JobError, read_csv, run_job
+from signalbox.examples.iris.data import CLASSES, FEATURES, TARGET, write_batch, write_evaluation
+from signalbox.examples.iris.train import resolve_params, train
 
-from signalbox.examples import JobError, read_csv, run_job  # noqa: E402
-from signalbox.examples.iris.data import CLASSES, FEATURES, TARGET, write_batch, write_evaluation  # noqa: E402
-from signalbox.examples.iris.train import resolve_params, train  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 COLUMNS = [*FEATURES, TARGET]
 

@@ -13,12 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-# pytest's rootdir import mode puts only tests/unit on sys.path; the app's packages live at the repo root.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from shared.adapters.local_queues import (  # noqa: E402
+from shared.adapters.local_queues import (
     LocalQueues,
     MessageLockLost,
     OutboundMessage,
@@ -26,7 +21,9 @@ from shared.adapters.local_queues import (  # noqa: E402
     SessionIdRequired,
     UnknownQueue,
 )
-from shared.queues import QUEUES  # noqa: E402
+from shared.queues import QUEUES
+
+REPO = Path(__file__).resolve().parents[2]
 
 TRAIN = "train"  # non-session: lock PT1M, max delivery 5, TTL P1D, dedup window P1D
 PROMOTE = "promote"  # session queue: lock PT1M

@@ -6,19 +6,13 @@ import base64
 import hashlib
 import hmac
 import json
-import sys
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-# pytest's rootdir import mode puts only tests/unit on sys.path; the app's packages live at the repo root.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from shared.webhooks import (  # noqa: E402
+from shared.webhooks import (
     DatabricksEvent,
     GithubPush,
     MlflowEvent,
@@ -31,6 +25,8 @@ from shared.webhooks import (  # noqa: E402
     verify_github,
     verify_mlflow,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 SECRET = "s3cr3t-for-tests"
 NOW = 1_760_000_000
