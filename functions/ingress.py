@@ -50,7 +50,7 @@ def workspace_events(event: func.EventGridEvent) -> None:
     if isinstance(known, events.ModelRegistered):
         handlers.new_version(known.model_name, known.model_version, "azureml", svc)
     elif isinstance(known, events.RunCompleted | events.RunStatusChanged):
-        model = known.tags.get("signalbox.model") or known.experiment_name
+        model = known.tags.get("signalbox.model") or known.tags.get("model_name") or known.experiment_name
         if model and known.run_status.lower() in ("completed", "failed", "canceled", "cancelled"):
             handlers.run_finished("azureml", known.run_id, str(model), svc)
     elif isinstance(known, events.DatasetDriftDetected):
