@@ -259,3 +259,55 @@ def test_real_function_app_blob_created_enqueues_one_training(tmp_path: Path):
         }
     finally:
         host.stop()
+
+
+def test_locks_are_renewed_while_a_function_runs_longer_than_the_lock(test_app):
+    _host, record_file, queues = test_app
+    _send(queues, "train", {"id": "slow", "sleep": 5.0})  # the test queue's lock is PT2S
+    wait_for(
+        lambda: any(r.get("id") == "slow" and r["event"] == "end" for r in records(record_file)),
+        timeout=30,
+        what="the slow message to finish",
+    )
+    wait_for(lambda: sum(queues.counts("train").values()) == 0, timeout=10, what="the message to be completed")
+    starts = [r for r in records(record_file) if r.get("id") == "slow" and r["event"] == "start"]
+    assert [r["delivery"] for r in starts] == [1]  # never redelivered: the host kept renewing its lock
+
+
+def test_max_concurrent_calls_of_host_json_bounds_parallel_invocations(test_app):
+    _host, record_file, queues = test_app
+    limit = json.loads((REPO / "host.json").read_text())["extensions"]["serviceBus"]["maxConcurrentCalls"]
+    for n in range(limit + 4):
+        _send(queues, "train", {"id": f"c-{n}", "sleep": 1.0})
+    wait_for(
+        lambda: (
+            len([r for r in records(record_file) if str(r.get("id", "")).startswith("c-") and r["event"] == "end"])
+            == limit + 4
+        ),
+        timeout=30,
+        what="all concurrent messages",
+    )
+    events = sorted(
+        (r["t"], 1 if r["event"] == "start" else -1)
+        for r in records(record_file)
+        if str(r.get("id", "")).startswith("c-")
+    )
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert 2 <= peak <= limit
+
+
+def test_no_auth_serves_without_keys(tmp_path: Path):
+    env = {
+        "TEST_RECORD_FILE": str(tmp_path / "r.jsonl"),
+        "WORK_QUEUE": "train",
+        "SIGNALBOX_QUEUES_FILE": str(TEST_QUEUES),
+    }
+    host = start_host(tmp_path / "state", app="tests.apps.queue_app:app", env=env, extra_args=("--no-auth",))
+    try:
+        assert requests.get(f"{host.url}/api/items/7", timeout=5).json()["id"] == 7
+        assert requests.get(f"{host.url}/admin/functions", timeout=5).status_code == 200
+    finally:
+        host.stop()
