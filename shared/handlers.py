@@ -25,6 +25,7 @@ from shared.contracts import (
     TrainModel,
 )
 from shared.domain import Approval, Stage
+from shared.errors import PermanentError
 from shared.ports import JobRequest
 
 if TYPE_CHECKING:
@@ -35,10 +36,6 @@ if TYPE_CHECKING:
     from shared.webhooks import GithubPush
 
 log = logging.getLogger("signalbox")
-
-
-class PermanentError(RuntimeError):
-    """A failure no retry can fix (configuration, missing entity); the message says what to fix."""
 
 
 @dataclass

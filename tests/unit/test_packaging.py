@@ -32,7 +32,8 @@ def test_readme_quick_start_runs_the_demo():
 
 def test_requirements_txt_matches_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["ml"])
+    extras = project["optional-dependencies"]
+    wanted = set(project["dependencies"]) | set(extras["ml"]) | set(extras["azure"])
     lines = {
         line.strip()
         for line in (REPO / "requirements.txt").read_text().splitlines()
