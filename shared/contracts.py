@@ -85,6 +85,10 @@ class DeployVersion(_Command):
 
     kind: Literal["deploy"] = "deploy"
     version: str = Field(min_length=1)
+    # Set while waiting for a started deployment to become ready (cloud endpoints).
+    candidate_slot: str | None = None
+    candidate_url: str | None = None
+    attempt: int = Field(default=0, ge=0)
 
 
 Command = Annotated[

@@ -25,8 +25,8 @@ from shared.contracts import (
     TrainModel,
 )
 from shared.domain import Approval, Stage
-from shared.errors import PermanentError
-from shared.ports import JobRequest
+from shared.errors import PermanentError, TransientError
+from shared.ports import Deployment, JobRequest
 
 if TYPE_CHECKING:
     from shared.catalogue import Catalogue, ModelEntry
@@ -516,14 +516,41 @@ def deploy(envelope: Envelope, svc: Services) -> str:
         svc.events.publish("BatchScoringStarted", model.name, {"version": version.version, "run_id": run_id})
         return "batch"
     previous = svc.serving.current(endpoint)
-    try:
-        candidate = svc.serving.start(endpoint, model.name, version.version)
-    except Exception as exc:
-        return _rolled_back(svc, model.name, version.version, endpoint, f"the new deployment did not start: {exc}")
+    if command.candidate_slot and command.candidate_url:
+        candidate = Deployment(endpoint, model.name, version.version, command.candidate_slot, command.candidate_url)
+    else:
+        try:
+            candidate = svc.serving.start(endpoint, model.name, version.version)
+        except TransientError:
+            raise
+        except Exception as exc:
+            return _rolled_back(svc, model.name, version.version, endpoint, f"the new deployment did not start: {exc}")
+    readiness = svc.serving.readiness(candidate)
+    if readiness.state == "failed" or (
+        readiness.state == "pending" and command.attempt + 1 >= svc.settings.poll_max_attempts
+    ):
+        svc.serving.stop(candidate)
+        why = readiness.message or f"not ready after {command.attempt + 1} checks"
+        return _rolled_back(
+            svc, model.name, version.version, endpoint, f"the new deployment did not become ready: {why}"
+        )
+    if readiness.state == "pending":
+        attempt = command.attempt + 1
+        wait = command.model_copy(
+            update={"candidate_slot": candidate.slot, "candidate_url": candidate.url, "attempt": attempt}
+        )
+        delay = domain.backoff(attempt, svc.settings.poll_initial_seconds, svc.settings.poll_max_seconds)
+        svc.bus.send(
+            envelope.follow(wait, cause=f"deploy:{model.name}:{version.version}:{attempt}", now=svc.clock()),
+            scheduled_at=svc.clock() + delay,
+        )
+        return "starting"
     try:
         dataset = _local_dataset(model.evaluation.dataset) if model.evaluation else None
         payload = smoke_payload(dataset) if dataset else {"inputs": []}
         svc.serving.invoke(candidate, payload)
+    except TransientError:
+        raise
     except Exception as exc:
         svc.serving.stop(candidate)
         return _rolled_back(svc, model.name, version.version, endpoint, f"smoke test failed: {exc}")

@@ -171,8 +171,20 @@ class Deployment:
     url: str
 
 
+@dataclass(frozen=True)
+class Readiness:
+    """Whether a started deployment can take a smoke request yet."""
+
+    state: Literal["ready", "pending", "failed"]
+    message: str | None = None
+
+
 class Serving(Protocol):
-    """Real-time endpoints with blue/green deployments."""
+    """Real-time endpoints with blue/green deployments.
+
+    ``start`` may return before the deployment is ready (cloud endpoints take minutes):
+    the deploy handler then checks ``readiness`` from scheduled messages, never sleeping.
+    """
 
     def current(self, endpoint: str) -> Deployment | None:
         """What takes the endpoint's traffic now."""
@@ -180,6 +192,10 @@ class Serving(Protocol):
 
     def start(self, endpoint: str, model_name: str, version: str) -> Deployment:
         """Bring up the version in the idle slot, taking no traffic yet."""
+        ...
+
+    def readiness(self, deployment: Deployment) -> Readiness:
+        """Ready for a smoke request, still starting, or failed (with why)."""
         ...
 
     def invoke(self, deployment: Deployment, payload: Mapping[str, object]) -> object:

@@ -10,7 +10,7 @@ from pathlib import Path
 from shared.catalogue import Catalogue, load_catalogue
 from shared.contracts import Envelope
 from shared.handlers import Services
-from shared.ports import Deployment, JobRequest, ModelVersion, RunStatus
+from shared.ports import Deployment, JobRequest, ModelVersion, Readiness, RunStatus
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,6 +144,8 @@ class FakeServing:
     routed: dict[str, Deployment] = field(default_factory=dict)
     running: list[Deployment] = field(default_factory=list)
     broken_versions: set[str] = field(default_factory=set)
+    slow_versions: dict[str, int] = field(default_factory=dict)  # version -> pending checks before ready
+    failing_versions: set[str] = field(default_factory=set)
 
     def current(self, endpoint: str) -> Deployment | None:
         return self.routed.get(endpoint)
@@ -153,6 +155,15 @@ class FakeServing:
         deployment = Deployment(endpoint, model_name, version, slot, f"http://fake/{slot}")
         self.running.append(deployment)
         return deployment
+
+    def readiness(self, deployment: Deployment) -> Readiness:
+        if deployment.version in self.slow_versions:
+            self.slow_versions[deployment.version] -= 1
+            if self.slow_versions[deployment.version] >= 0:
+                return Readiness("pending")
+        if deployment.version in self.failing_versions:
+            return Readiness("failed", "served entity config update failed: out of capacity")
+        return Readiness("ready")
 
     def invoke(self, deployment: Deployment, payload: Mapping[str, object]) -> object:
         if deployment.version in self.broken_versions:

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.ports import Deployment
+from shared.ports import Deployment, Readiness
 
 __all__ = ["SLOTS", "LocalServing", "resolve_route"]
 
@@ -250,6 +250,13 @@ class LocalServing:
             slot=str(record["slot"]),
             url=str(record["url"]),
         )
+
+    def readiness(self, deployment: Deployment) -> Readiness:
+        """Local servers are ready when ``start`` returns; later only a dead server is not."""
+        record = self._slot_record(deployment.endpoint, deployment.slot)
+        if record is None or record.get("url") != deployment.url or not self._record_alive(record):
+            return Readiness("failed", f"the scoring server of v{deployment.version} in slot {deployment.slot} is gone")
+        return Readiness("ready")
 
     def start(self, endpoint: str, model_name: str, version: str) -> Deployment:
         """Start the version's scoring server in the idle slot and wait until it answers /ping."""

@@ -400,3 +400,30 @@ def test_a_job_notification_finds_its_model_through_the_catalogue(tmp_path):
     assert handlers.job_notified("databricks", "5555", "988", svc) == "ignored"
     (poll,) = svc.bus.take("poll-run")
     assert (poll.command.model_name, poll.command.backend, poll.command.run_id) == (MODEL, "databricks", "987")
+
+
+def test_a_slow_endpoint_is_awaited_by_scheduled_checks_then_deployed():
+    svc = services()
+    v1 = train_to_version(svc, accuracy=0.7, event_id="a")
+    svc.serving.slow_versions[v1] = 2
+    outcomes = []
+    while svc.bus.sent:
+        envelope, when = svc.bus.sent.pop(0)
+        if envelope.command.kind == "deploy" and envelope.command.attempt:
+            assert when is not None and when > svc.clock()  # a scheduled check, not a sleep
+        outcomes.append(DISPATCH[envelope.command.kind](envelope, svc))
+    assert outcomes == ["won", "deploy", "starting", "starting", "deployed"]
+    assert svc.registry.stage(MODEL, v1) == "production"
+    assert len(svc.serving.running) == 1  # the same candidate throughout: started once
+
+
+def test_a_deployment_that_fails_to_become_ready_rolls_back():
+    svc = services()
+    v1 = train_to_version(svc, accuracy=0.7, event_id="a")
+    drain(svc)
+    v2 = train_to_version(svc, accuracy=0.9, event_id="b")
+    svc.serving.failing_versions.add(v2)
+    assert drain(svc)[-1] == "deploy:rolled-back"
+    record = json.loads(svc.registry.get_version(MODEL, v2).tags[domain.DEPLOYMENT])
+    assert "out of capacity" in record["reason"]
+    assert svc.serving.current("iris").version == v1 and svc.registry.stage(MODEL, v1) == "production"
