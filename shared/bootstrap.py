@@ -6,10 +6,14 @@ import os
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.catalogue import load_catalogue
 from shared.handlers import Services
-from shared.settings import Settings, load_settings
+from shared.settings import Settings, check_cloud_settings, load_settings
+
+if TYPE_CHECKING:
+    from shared.ports import Bus, Compute, LandingZone, LifecycleEvents, Serving
 
 
 def _utcnow() -> datetime:
@@ -36,31 +40,109 @@ def code_version(root: Path) -> dict[str, str]:
 
 
 def bootstrap(settings: Settings | None = None) -> Services:
-    """Wire the services from settings (the embedded default: local adapters)."""
-    from shared.adapters.local_bus import LocalBus
-    from shared.adapters.local_compute import LocalCompute
-    from shared.adapters.local_landing import LocalLandingZone, LocalLifecycleEvents
-    from shared.adapters.local_queues import LocalQueues
-    from shared.adapters.local_serving import LocalServing
+    """Wire the services from settings; a missing or wrong setting fails here, naming it."""
+    settings = settings or load_settings()
+    catalogue = load_catalogue(settings.catalogue)
+    backends: set[str] = {m.training.backend for m in catalogue.models.values()}
+    check_cloud_settings(settings, backends)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    tracking, registry_uri = _mlflow_uris(settings)
+
     from shared.adapters.mlflow_evaluator import MlflowEvaluator
     from shared.adapters.mlflow_registry import MlflowRegistry
 
-    settings = settings or load_settings()
-    catalogue = load_catalogue(settings.catalogue)
-    state = settings.state_dir
-    state.mkdir(parents=True, exist_ok=True)
-    tracking = settings.mlflow_tracking_uri
-    registry_uri = settings.registry_uri or None
     return Services(
         settings=settings,
         catalogue=catalogue,
-        bus=LocalBus(LocalQueues(state / "queues.sqlite3")),
+        bus=_bus(settings),
         registry=MlflowRegistry(tracking, registry_uri),
-        compute={"local": LocalCompute(state, tracking)},
+        compute={backend: _compute(backend, settings, tracking) for backend in backends | {"local"}},
         evaluator=MlflowEvaluator(tracking, registry_uri),
-        serving=LocalServing(state, tracking, settings.host_url, registry_uri=registry_uri),
-        landing=LocalLandingZone(),
-        events=LocalLifecycleEvents(state / "events.jsonl"),
+        serving=_serving(settings, tracking, registry_uri),
+        landing=_landing(settings),
+        events=_events(settings),
         clock=_utcnow,
         code_version=code_version(settings.catalogue.parent),
     )
+
+
+def _mlflow_uris(settings: Settings) -> tuple[str, str | None]:
+    if settings.registry == "azureml" and not settings.tracking_uri:
+        from shared.adapters.azureml_compute import workspace_tracking_uri
+
+        uri = workspace_tracking_uri(
+            settings.azureml_subscription_id, settings.azureml_resource_group, settings.azureml_workspace
+        )
+        return uri, uri
+    return settings.mlflow_tracking_uri, settings.registry_uri or None
+
+
+def _bus(settings: Settings) -> Bus:
+    if settings.bus == "servicebus":
+        from shared.adapters.servicebus_bus import ServiceBusBus
+
+        return ServiceBusBus(
+            fully_qualified_namespace=settings.servicebus_namespace or None,
+            connection_string=None if settings.servicebus_namespace else settings.servicebus_connection,
+        )
+    from shared.adapters.local_bus import LocalBus
+    from shared.adapters.local_queues import LocalQueues
+
+    return LocalBus(LocalQueues(settings.state_dir / "queues.sqlite3"))
+
+
+def _compute(backend: str, settings: Settings, tracking: str) -> Compute:
+    if backend == "databricks":
+        from shared.adapters.databricks_compute import DatabricksCompute
+
+        return DatabricksCompute(host=settings.databricks_host or None, token=settings.databricks_token or None)
+    if backend == "azureml":
+        from shared.adapters.azureml_compute import AzureMLCompute
+
+        return AzureMLCompute(
+            subscription_id=settings.azureml_subscription_id,
+            resource_group=settings.azureml_resource_group,
+            workspace=settings.azureml_workspace,
+        )
+    from shared.adapters.local_compute import LocalCompute
+
+    return LocalCompute(settings.state_dir, tracking)
+
+
+def _serving(settings: Settings, tracking: str, registry_uri: str | None) -> Serving:
+    if settings.serving == "databricks":
+        from shared.adapters.databricks_serving import DatabricksServing
+
+        return DatabricksServing(host=settings.databricks_host or None, token=settings.databricks_token or None)
+    if settings.serving == "azureml":
+        from shared.adapters.azureml_serving import AzureMLServing
+
+        return AzureMLServing(
+            subscription_id=settings.azureml_subscription_id,
+            resource_group=settings.azureml_resource_group,
+            workspace=settings.azureml_workspace,
+            instance_type=settings.azureml_instance_type,
+        )
+    from shared.adapters.local_serving import LocalServing
+
+    return LocalServing(settings.state_dir, tracking, settings.host_url, registry_uri=registry_uri)
+
+
+def _landing(settings: Settings) -> LandingZone:
+    if settings.landing == "blob":
+        from shared.adapters.blob_landing import BlobLandingZone
+
+        return BlobLandingZone()
+    from shared.adapters.local_landing import LocalLandingZone
+
+    return LocalLandingZone()
+
+
+def _events(settings: Settings) -> LifecycleEvents:
+    if settings.events == "eventgrid":
+        from shared.adapters.eventgrid_events import EventGridLifecycleEvents
+
+        return EventGridLifecycleEvents(settings.eventgrid_endpoint, key=settings.eventgrid_key or None)
+    from shared.adapters.local_landing import LocalLifecycleEvents
+
+    return LocalLifecycleEvents(settings.state_dir / "events.jsonl")

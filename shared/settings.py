@@ -6,6 +6,7 @@ names it. Every setting here is listed in README.md and local.settings.sample.js
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -36,8 +37,22 @@ class Settings(BaseSettings):
     environment: str = Field(default="dev", alias="SIGNALBOX_ENVIRONMENT", pattern=r"^[a-z][a-z0-9-]*$")
     state_dir: Path = Field(default=Path(".signalbox"), alias="SIGNALBOX_STATE_DIR")
     catalogue: Path = Field(default=Path("catalogue.toml"), alias="SIGNALBOX_CATALOGUE")
-    bus: Literal["local"] = Field(default="local", alias="SIGNALBOX_BUS")
-    serving: Literal["local"] = Field(default="local", alias="SIGNALBOX_SERVING")
+    bus: Literal["local", "servicebus"] = Field(default="local", alias="SIGNALBOX_BUS")
+    serving: Literal["local", "databricks", "azureml"] = Field(default="local", alias="SIGNALBOX_SERVING")
+    events: Literal["local", "eventgrid"] = Field(default="local", alias="SIGNALBOX_EVENTS")
+    landing: Literal["local", "blob"] = Field(default="local", alias="SIGNALBOX_LANDING")
+    registry: Literal["mlflow", "azureml"] = Field(default="mlflow", alias="SIGNALBOX_REGISTRY")
+    # The same app settings the Functions Service Bus trigger reads (connection "ServiceBusConnection").
+    servicebus_connection: str = Field(default="", alias="ServiceBusConnection", repr=False)
+    servicebus_namespace: str = Field(default="", alias="ServiceBusConnection__fullyQualifiedNamespace")
+    eventgrid_endpoint: str = Field(default="", alias="SIGNALBOX_EVENTGRID_ENDPOINT")
+    eventgrid_key: str = Field(default="", alias="SIGNALBOX_EVENTGRID_KEY", repr=False)
+    databricks_host: str = Field(default="", alias="DATABRICKS_HOST")
+    databricks_token: str = Field(default="", alias="DATABRICKS_TOKEN", repr=False)
+    azureml_subscription_id: str = Field(default="", alias="AZUREML_SUBSCRIPTION_ID")
+    azureml_resource_group: str = Field(default="", alias="AZUREML_RESOURCE_GROUP")
+    azureml_workspace: str = Field(default="", alias="AZUREML_WORKSPACE")
+    azureml_instance_type: str = Field(default="Standard_DS3_v2", alias="SIGNALBOX_AZUREML_INSTANCE_TYPE")
     landing_container: str = Field(default="landing", alias="SIGNALBOX_LANDING_CONTAINER")
     host_url: str = Field(default="http://127.0.0.1:7071", alias="SIGNALBOX_HOST_URL")
     tracking_uri: str = Field(default="", alias="MLFLOW_TRACKING_URI")
@@ -77,6 +92,36 @@ class Settings(BaseSettings):
     def landing_dir(self) -> Path:
         """The local landing zone folder (embedded default)."""
         return self.state_dir / "landing"
+
+
+def check_cloud_settings(settings: Settings, backends: set[str]) -> None:
+    """Every adapter chosen (and every compute backend the catalogue uses) has what it needs.
+
+    Raises :class:`SettingsError` listing each missing setting by name, at start-up.
+    """
+    problems: list[str] = []
+    if settings.bus == "servicebus" and not (settings.servicebus_connection or settings.servicebus_namespace):
+        problems.append(
+            "SIGNALBOX_BUS=servicebus needs ServiceBusConnection__fullyQualifiedNamespace "
+            "(e.g. sb-signalbox.servicebus.windows.net, with a managed identity) or ServiceBusConnection "
+            "(a connection string)"
+        )
+    if settings.events == "eventgrid" and not settings.eventgrid_endpoint:
+        problems.append("SIGNALBOX_EVENTS=eventgrid needs SIGNALBOX_EVENTGRID_ENDPOINT (the custom topic's endpoint)")
+    azureml = ("AZUREML_SUBSCRIPTION_ID", "AZUREML_RESOURCE_GROUP", "AZUREML_WORKSPACE")
+    missing_azureml = [n for n in azureml if not getattr(settings, n.lower())]
+    uses = {f"training.backend {b}" for b in backends} | {f"SIGNALBOX_SERVING={settings.serving}"}
+    if settings.registry == "azureml":
+        uses.add("SIGNALBOX_REGISTRY=azureml")
+    for use in sorted(uses):
+        if use.endswith("azureml") and missing_azureml:
+            problems.append(f"{use} needs {', '.join(missing_azureml)}")
+        if use.endswith("databricks") and not (settings.databricks_host or os.environ.get("DATABRICKS_CONFIG_PROFILE")):
+            problems.append(f"{use} needs DATABRICKS_HOST (https://adb-….azuredatabricks.net)")
+    if settings.serving != "local" and settings.tracking_uri.startswith(("sqlite:", "file:")):
+        problems.append(f"SIGNALBOX_SERVING={settings.serving} needs a shared MLFLOW_TRACKING_URI, not a local store")
+    if problems:
+        raise SettingsError("invalid settings: " + "; ".join(problems))
 
 
 def load_settings() -> Settings:
