@@ -31,25 +31,31 @@ def _envelope(message: func.ServiceBusMessage, queue: str) -> Envelope:
 @bp.service_bus_queue_trigger(arg_name="message", queue_name=queues.TRAIN, connection=CONNECTION)
 def train(message: func.ServiceBusMessage) -> None:
     """Launch training (or a rule-based model's scoring job)."""
-    from shared import handlers
+    from shared import handlers, observability
 
-    handlers.train(_envelope(message, queues.TRAIN), runtime.services())
+    envelope = _envelope(message, queues.TRAIN)
+    with observability.hop("train", envelope, message.application_properties):
+        handlers.train(envelope, runtime.services())
 
 
 @bp.service_bus_queue_trigger(arg_name="message", queue_name=queues.POLL_RUN, connection=CONNECTION)
 def poll_run(message: func.ServiceBusMessage) -> None:
     """Check a running job; reschedule or move on."""
-    from shared import handlers
+    from shared import handlers, observability
 
-    handlers.poll_run(_envelope(message, queues.POLL_RUN), runtime.services())
+    envelope = _envelope(message, queues.POLL_RUN)
+    with observability.hop("poll_run", envelope, message.application_properties):
+        handlers.poll_run(envelope, runtime.services())
 
 
 @bp.service_bus_queue_trigger(arg_name="message", queue_name=queues.EVALUATE, connection=CONNECTION)
 def evaluate(message: func.ServiceBusMessage) -> None:
     """Challenger against champion."""
-    from shared import handlers
+    from shared import handlers, observability
 
-    handlers.evaluate(_envelope(message, queues.EVALUATE), runtime.services())
+    envelope = _envelope(message, queues.EVALUATE)
+    with observability.hop("evaluate", envelope, message.application_properties):
+        handlers.evaluate(envelope, runtime.services())
 
 
 @bp.service_bus_queue_trigger(
@@ -57,9 +63,11 @@ def evaluate(message: func.ServiceBusMessage) -> None:
 )
 def promote(message: func.ServiceBusMessage) -> None:
     """Stage tags and approval, one model at a time."""
-    from shared import handlers
+    from shared import handlers, observability
 
-    handlers.promote(_envelope(message, queues.PROMOTE), runtime.services())
+    envelope = _envelope(message, queues.PROMOTE)
+    with observability.hop("promote", envelope, message.application_properties):
+        handlers.promote(envelope, runtime.services())
 
 
 @bp.service_bus_queue_trigger(
@@ -67,6 +75,8 @@ def promote(message: func.ServiceBusMessage) -> None:
 )
 def deploy(message: func.ServiceBusMessage) -> None:
     """Blue/green deployment with smoke test and rollback, one model at a time."""
-    from shared import handlers
+    from shared import handlers, observability
 
-    handlers.deploy(_envelope(message, queues.DEPLOY), runtime.services())
+    envelope = _envelope(message, queues.DEPLOY)
+    with observability.hop("deploy", envelope, message.application_properties):
+        handlers.deploy(envelope, runtime.services())

@@ -41,6 +41,9 @@ def code_version(root: Path) -> dict[str, str]:
 
 def bootstrap(settings: Settings | None = None) -> Services:
     """Wire the services from settings; a missing or wrong setting fails here, naming it."""
+    from shared import observability
+
+    observability.install()
     settings = settings or load_settings()
     catalogue = load_catalogue(settings.catalogue)
     backends: set[str] = {m.training.backend for m in catalogue.models.values()}

@@ -8,7 +8,6 @@ files into the landing zone and waits for what the function app does with them.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -127,7 +126,7 @@ def run_demo(state_dir: Path | None = None, port: int = 0, keep: bool = False) -
     from signalbox.client import format_lifecycle
     from signalbox.embedded import start_embedded
     from signalbox.examples.iris.data import write_batch
-    from signalbox.localhost.server import HostSettings
+    from signalbox.localhost.server import HostSettings, configure_logging
 
     started = time.monotonic()
     state = state_dir or Path(tempfile.mkdtemp(prefix="signalbox-demo-"))
@@ -135,11 +134,7 @@ def run_demo(state_dir: Path | None = None, port: int = 0, keep: bool = False) -
         print(f"error: {state} is not empty; the demo starts from an empty state dir", file=sys.stderr)
         return 2
     (state / "logs").mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        filename=state / "logs" / "host.log",
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(filename=state / "logs" / "host.log")
     progress = Progress(state / "events.jsonl", started)
     print(f"Signalbox demo — state dir {state}")
     progress.say("start", "MLflow server (SQL store, registry webhooks on) and the local Functions host")

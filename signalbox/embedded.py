@@ -171,6 +171,9 @@ def run_embedded(settings: HostSettings, out: Any) -> int:
     """``signalbox host --with-mlflow``: the whole embedded default in the foreground."""
     import signal
 
+    from signalbox.localhost.server import configure_logging
+
+    configure_logging(stream=out)
     stopping = threading.Event()
     # Installed before anything starts, so a SIGTERM during start-up still stops MLflow too.
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

@@ -6,8 +6,23 @@ from collections.abc import Sequence
 from datetime import datetime
 from itertools import groupby
 
+from shared import observability
 from shared.adapters.local_queues import LocalQueues, OutboundMessage
 from shared.contracts import Envelope
+
+
+def application_properties(envelope: Envelope) -> dict[str, str | int]:
+    """What every bus puts beside the body: routing facts and the W3C trace context."""
+    properties: dict[str, str | int] = {
+        "schema_version": envelope.schema_version,
+        "environment": envelope.environment,
+        "causation_id": envelope.causation_id or "",
+        "model_name": envelope.command.model_name,
+    }
+    traceparent = observability.current_traceparent()
+    if traceparent:
+        properties[observability.TRACEPARENT] = traceparent
+    return properties
 
 
 def to_message(envelope: Envelope, scheduled_at: datetime | None = None) -> OutboundMessage:
@@ -19,12 +34,7 @@ def to_message(envelope: Envelope, scheduled_at: datetime | None = None) -> Outb
         correlation_id=envelope.correlation_id,
         subject=envelope.command.kind,
         content_type="application/json",
-        application_properties={
-            "schema_version": envelope.schema_version,
-            "environment": envelope.environment,
-            "causation_id": envelope.causation_id or "",
-            "model_name": envelope.command.model_name,
-        },
+        application_properties=application_properties(envelope),
         scheduled_enqueue_time=scheduled_at,
     )
 

@@ -458,10 +458,28 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s %(message_id)s] %(message)s"
+
+
+def configure_logging(stream: Any = None, filename: Any = None) -> None:
+    """Host logs as Core Tools prints them, with each hop's correlation and message ids."""
+    from shared import observability
+
+    observability.install()
+    if filename is not None:
+        logging.basicConfig(filename=filename, level=logging.INFO, format=LOG_FORMAT)
+    else:
+        logging.basicConfig(stream=stream, level=logging.INFO, format=LOG_FORMAT)
+    # The MLflow client and HTTP libraries are chatty at INFO; their warnings still show.
+    for noisy in ("urllib3", "mlflow", "alembic", "azure", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def run_host(settings: HostSettings, out: Any) -> int:
     """Run a host in the foreground until interrupted (``signalbox host``)."""
     import signal
 
+    configure_logging(stream=out)
     try:
         host = LocalHost(settings)
     except (HostConfigError, OSError) as exc:
