@@ -53,3 +53,11 @@ def status(req: func.HttpRequest) -> func.HttpResponse:
         return json_response(lifecycle(model, svc))
     except KeyError as exc:
         return problem(404, str(exc.args[0]))
+
+
+@bp.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def status_overview(req: func.HttpRequest) -> func.HttpResponse:
+    """Every model's lifecycle and the approvals waiting across models (JSON)."""
+    from shared.lifecycle import overview
+
+    return json_response(overview(runtime.services()))

@@ -46,3 +46,31 @@ def lifecycle(model_name: str, svc: Services) -> dict[str, Any]:
         "last_refusal": domain.read_record(model_tags.get(domain.LAST_REFUSAL)) or None,
         "last_failure": domain.read_record(model_tags.get(domain.LAST_FAILURE)) or None,
     }
+
+
+def pending_approvals(svc: Services) -> list[dict[str, Any]]:
+    """Every staged version waiting for a person, across the catalogue's models."""
+    pending = []
+    for name in sorted(svc.catalogue.models):
+        for v in svc.registry.list_versions(name):
+            if v.tags.get(domain.APPROVAL) == domain.Approval.PENDING and domain.stage_of(v) is domain.Stage.STAGED:
+                decision = domain.read_record(v.tags.get(domain.DECISION))
+                pending.append(
+                    {
+                        "model": name,
+                        "version": v.version,
+                        "environment": v.tags.get(domain.ENVIRONMENT),
+                        "reason": decision.get("reason"),
+                        "created_at": v.created_at,
+                    }
+                )
+    return pending
+
+
+def overview(svc: Services) -> dict[str, Any]:
+    """Every model's lifecycle and the approvals waiting, for the ops page and ``signalbox status``."""
+    return {
+        "environment": svc.settings.environment,
+        "models": [lifecycle(name, svc) for name in sorted(svc.catalogue.models)],
+        "pending_approvals": pending_approvals(svc),
+    }

@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     github.add_argument("--sha", default=None)
     _add_target(github)
 
-    status = commands.add_parser("status", help="a model's lifecycle, read from the registry")
-    status.add_argument("model")
+    status = commands.add_parser("status", help="a model's lifecycle (or all models and pending approvals)")
+    status.add_argument("model", nargs="?", help="omit for every model and the approvals waiting")
     status.add_argument("--json", action="store_true")
     _add_target(status)
 

@@ -187,17 +187,29 @@ def _function_key(state_dir: Path) -> str:
 
 
 def status(args: argparse.Namespace) -> Any:
-    """``signalbox status MODEL``."""
+    """``signalbox status [MODEL]``: read through the host's status function."""
+    path = f"/api/status/{args.model}" if args.model else "/api/status"
     try:
         response = requests.get(
-            f"{args.host_url}/api/status/{args.model}",
-            headers={"x-functions-key": _function_key(args.state_dir)},
-            timeout=30,
+            f"{args.host_url}{path}", headers={"x-functions-key": _function_key(args.state_dir)}, timeout=30
         )
     except requests.RequestException as exc:
         raise ClientError(f"cannot reach the host at {args.host_url}: {exc}") from None
     data = _check(response).json()
-    return data if args.json else format_lifecycle(data)
+    if args.json:
+        return data
+    if args.model:
+        return format_lifecycle(data)
+    return format_overview(data)
+
+
+def format_overview(data: dict[str, Any]) -> str:
+    """All models, then the approvals waiting."""
+    blocks = [format_lifecycle(model) for model in data["models"]]
+    pending = data["pending_approvals"]
+    lines = [f"pending approvals ({data['environment']}): {len(pending) or 'none'}"]
+    lines += [f"  {p['model']} v{p['version']}: {p.get('reason') or ''}" for p in pending]
+    return "\n\n".join([*blocks, "\n".join(lines)])
 
 
 def format_lifecycle(data: dict[str, Any]) -> str:

@@ -427,3 +427,18 @@ def test_a_deployment_that_fails_to_become_ready_rolls_back():
     record = json.loads(svc.registry.get_version(MODEL, v2).tags[domain.DEPLOYMENT])
     assert "out of capacity" in record["reason"]
     assert svc.serving.current("iris").version == v1 and svc.registry.stage(MODEL, v1) == "production"
+
+
+def test_the_overview_lists_every_model_and_the_approvals_waiting():
+    from shared.lifecycle import overview
+
+    svc = services(environment="staging")
+    v1 = train_to_version(svc, accuracy=0.7, event_id="a")
+    drain(svc)
+    data = overview(svc)
+    assert [m["model"] for m in data["models"]] == ["iris-batch", "iris-classifier", "iris-rules"]
+    (pending,) = data["pending_approvals"]
+    assert (pending["model"], pending["version"]) == (MODEL, v1) and "first version" in pending["reason"]
+    handlers.request_approval_decision(MODEL, v1, True, "alice", svc)
+    drain(svc)
+    assert overview(svc)["pending_approvals"] == []
