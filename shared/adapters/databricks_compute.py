@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from itertools import islice
@@ -124,6 +125,46 @@ def client_secrets(client: Any, *extra: str | None) -> tuple[str, ...]:
     config = getattr(client, "config", None)
     values = [getattr(config, name, None) for name in _SECRET_ATTRIBUTES] if config is not None else []
     return tuple(v for v in (*values, *extra) if isinstance(v, str) and v)
+
+
+class LazyWorkspace:
+    """Builds the ``WorkspaceClient`` on first use: the SDK resolves host metadata over the
+    network when a client is made, which must not happen at start-up (cold start, offline tests)."""
+
+    def __init__(
+        self,
+        *,
+        host: str | None,
+        token: str | None,
+        client: Any,
+        retry_timeout_seconds: int,
+        http_timeout_seconds: float,
+    ) -> None:
+        self._given = client
+        self._options = {
+            "host": host,
+            "token": token,
+            "retry_timeout_seconds": retry_timeout_seconds,
+            "http_timeout_seconds": http_timeout_seconds,
+        }
+        self._token = token
+        self._lock = threading.Lock()
+
+    @property
+    def _client(self) -> WorkspaceClient:
+        if self._given is None:
+            with self._lock:
+                if self._given is None:
+                    self._given = databricks_client(**self._options)  # type: ignore[arg-type]
+        return self._given
+
+    @property
+    def _secrets(self) -> tuple[str, ...]:
+        return (
+            client_secrets(self._given, self._token)
+            if self._given is not None
+            else tuple(v for v in (self._token,) if v)
+        )
 
 
 def _scrub(text: str, secrets: Iterable[str]) -> str:
@@ -219,7 +260,7 @@ def _value(enum_or_none: Any) -> str | None:
 # -- the adapter ------------------------------------------------------------------------------
 
 
-class DatabricksCompute:
+class DatabricksCompute(LazyWorkspace):
     """Runs training and scoring jobs as Databricks job runs."""
 
     backend = "databricks"
@@ -233,17 +274,14 @@ class DatabricksCompute:
         retry_timeout_seconds: int = DEFAULT_RETRY_TIMEOUT_SECONDS,
         http_timeout_seconds: float = DEFAULT_HTTP_TIMEOUT_SECONDS,
     ) -> None:
-        self._client: WorkspaceClient = (
-            client
-            if client is not None
-            else databricks_client(
-                host=host,
-                token=token,
-                retry_timeout_seconds=retry_timeout_seconds,
-                http_timeout_seconds=http_timeout_seconds,
-            )
+        LazyWorkspace.__init__(
+            self,
+            host=host,
+            token=token,
+            client=client,
+            retry_timeout_seconds=retry_timeout_seconds,
+            http_timeout_seconds=http_timeout_seconds,
         )
-        self._secrets = client_secrets(self._client, token)
 
     def _errors(self, action: str, not_found: str) -> AbstractContextManager[None]:
         return sdk_errors(action, not_found=not_found, secrets=self._secrets)

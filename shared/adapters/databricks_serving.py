@@ -42,15 +42,13 @@ from typing import TYPE_CHECKING, Any
 from shared.adapters.databricks_compute import (
     DEFAULT_HTTP_TIMEOUT_SECONDS,
     DEFAULT_RETRY_TIMEOUT_SECONDS,
-    client_secrets,
-    databricks_client,
+    LazyWorkspace,
     sdk_errors,
 )
 from shared.errors import PermanentError, TransientError
 from shared.ports import Deployment, Readiness
 
 if TYPE_CHECKING:
-    from databricks.sdk import WorkspaceClient
     from databricks.sdk.service.serving import (
         EndpointCoreConfigOutput,
         EndpointPendingConfig,
@@ -124,7 +122,7 @@ def _deployment_state(entity: ServedEntityOutput | None) -> tuple[str | None, st
     return _value(entity.state.deployment), entity.state.deployment_state_message or ""
 
 
-class DatabricksServing:
+class DatabricksServing(LazyWorkspace):
     """Blue/green deployments as served entities of a Databricks Model Serving endpoint."""
 
     def __init__(
@@ -140,17 +138,14 @@ class DatabricksServing:
         retry_timeout_seconds: int = DEFAULT_RETRY_TIMEOUT_SECONDS,
         http_timeout_seconds: float = DEFAULT_HTTP_TIMEOUT_SECONDS,
     ) -> None:
-        self._client: WorkspaceClient = (
-            client
-            if client is not None
-            else databricks_client(
-                host=host,
-                token=token,
-                retry_timeout_seconds=retry_timeout_seconds,
-                http_timeout_seconds=http_timeout_seconds,
-            )
+        LazyWorkspace.__init__(
+            self,
+            host=host,
+            token=token,
+            client=client,
+            retry_timeout_seconds=retry_timeout_seconds,
+            http_timeout_seconds=http_timeout_seconds,
         )
-        self._secrets = client_secrets(self._client, token)
         prefix = registry_prefix.strip()
         self.registry_prefix = prefix if not prefix or prefix.endswith(".") else prefix + "."
         self.workload_size = workload_size

@@ -1,0 +1,72 @@
+"""Switching to a cloud adapter is a settings change only; the composition root picks them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.bootstrap import bootstrap
+from shared.settings import Settings, SettingsError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _catalogue(tmp_path: Path, backend: str) -> Path:
+    text = (REPO / "catalogue.toml").read_text()
+    text = text.replace(
+        'backend = "local"\njob = "signalbox.examples.iris.train"\nparameters = { C = "1.0" }',
+        f'backend = "{backend}"\njob = "123"\nparameters = {{ C = "1.0" }}',
+    )
+    text = text.replace(
+        'dataset = "signalbox/examples/iris/evaluation.csv"',
+        f'dataset = "{REPO}/signalbox/examples/iris/evaluation.csv"',
+    )
+    path = tmp_path / "catalogue.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_embedded_default_is_all_local(tmp_path):
+    svc = bootstrap(
+        Settings.model_validate(
+            {"SIGNALBOX_STATE_DIR": str(tmp_path / "state"), "SIGNALBOX_CATALOGUE": str(REPO / "catalogue.toml")}
+        )
+    )
+    kinds = {type(svc.bus).__name__, type(svc.serving).__name__, type(svc.events).__name__, type(svc.landing).__name__}
+    assert kinds == {"LocalBus", "LocalServing", "LocalLifecycleEvents", "LocalLandingZone"}
+    assert set(svc.compute) == {"local"}
+
+
+def test_cloud_adapters_come_from_settings_alone(tmp_path):
+    settings = Settings.model_validate(
+        {
+            "SIGNALBOX_STATE_DIR": str(tmp_path / "state"),
+            "SIGNALBOX_CATALOGUE": str(_catalogue(tmp_path, "databricks")),
+            "SIGNALBOX_BUS": "servicebus",
+            "ServiceBusConnection__fullyQualifiedNamespace": "sb-signalbox.servicebus.windows.net",
+            "SIGNALBOX_EVENTS": "eventgrid",
+            "SIGNALBOX_EVENTGRID_ENDPOINT": "https://signalbox.westeurope-1.eventgrid.azure.net/api/events",
+            "SIGNALBOX_EVENTGRID_KEY": "k",
+            "SIGNALBOX_SERVING": "databricks",
+            "SIGNALBOX_LANDING": "blob",
+            "DATABRICKS_HOST": "https://adb-1.azuredatabricks.net",
+            "DATABRICKS_TOKEN": "dapi-not-real",
+            "MLFLOW_TRACKING_URI": "databricks",
+            "MLFLOW_REGISTRY_URI": "databricks-uc",
+        }
+    )
+    svc = bootstrap(settings)
+    assert type(svc.bus).__name__ == "ServiceBusBus"
+    assert type(svc.events).__name__ == "EventGridLifecycleEvents"
+    assert type(svc.serving).__name__ == "DatabricksServing"
+    assert type(svc.landing).__name__ == "BlobLandingZone"
+    assert type(svc.compute["databricks"]).__name__ == "DatabricksCompute"
+
+
+def test_a_catalogue_backend_without_its_settings_fails_at_start_up(tmp_path):
+    settings = Settings.model_validate(
+        {"SIGNALBOX_STATE_DIR": str(tmp_path / "state"), "SIGNALBOX_CATALOGUE": str(_catalogue(tmp_path, "azureml"))}
+    )
+    with pytest.raises(SettingsError, match=r"training\.backend azureml needs AZUREML_SUBSCRIPTION_ID"):
+        bootstrap(settings)
