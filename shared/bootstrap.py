@@ -39,13 +39,26 @@ def code_version(root: Path) -> dict[str, str]:
     return out
 
 
+APP_ROOT = Path(__file__).resolve().parents[1]
+
+
+def catalogue_path(path: Path) -> Path:
+    """A relative catalogue path from the working directory, else from the app's folder.
+
+    The Functions worker does not run in the app folder (``/home/site/wwwroot``).
+    """
+    if path.is_absolute() or path.exists():
+        return path
+    return APP_ROOT / path
+
+
 def bootstrap(settings: Settings | None = None) -> Services:
     """Wire the services from settings; a missing or wrong setting fails here, naming it."""
     from shared import observability
 
     observability.install()
     settings = settings or load_settings()
-    catalogue = load_catalogue(settings.catalogue)
+    catalogue = load_catalogue(catalogue_path(settings.catalogue))
     backends: set[str] = {m.training.backend for m in catalogue.models.values()}
     check_cloud_settings(settings, backends)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -53,6 +66,7 @@ def bootstrap(settings: Settings | None = None) -> Services:
 
     from shared.adapters.mlflow_evaluator import MlflowEvaluator
     from shared.adapters.mlflow_registry import MlflowRegistry
+    from shared.queue_depths import queue_depths
 
     return Services(
         settings=settings,
@@ -66,6 +80,7 @@ def bootstrap(settings: Settings | None = None) -> Services:
         events=_events(settings),
         clock=_utcnow,
         code_version=code_version(settings.catalogue.parent),
+        queue_depths=queue_depths(settings),
     )
 
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from shared.catalogue import Catalogue, ModelEntry
     from shared.events import BlobCreated, DriftAlert
     from shared.ports import Bus, Clock, Compute, Evaluator, LandingZone, LifecycleEvents, Registry, Serving
+    from shared.queue_depths import QueueDepths
     from shared.settings import Settings
     from shared.webhooks import GithubPush
 
@@ -53,6 +54,7 @@ class Services:
     events: LifecycleEvents
     clock: Clock
     code_version: Mapping[str, str] = field(default_factory=dict)
+    queue_depths: QueueDepths | None = None
 
     def compute_for(self, model: ModelEntry) -> Compute:
         """The compute backend the model's catalogue entry names."""

@@ -67,6 +67,25 @@ class Settings(BaseSettings):
     poll_max_seconds: float = Field(default=300.0, gt=0, alias="SIGNALBOX_POLL_MAX_SECONDS")
     poll_max_attempts: int = Field(default=200, ge=1, alias="SIGNALBOX_POLL_MAX_ATTEMPTS")
 
+    @field_validator(
+        "mlflow_webhook_secret",
+        "databricks_webhook_secret",
+        "github_webhook_secret",
+        "servicebus_connection",
+        "eventgrid_key",
+        "databricks_token",
+    )
+    @classmethod
+    def _resolved(cls, value: str) -> str:
+        # App Service leaves the reference text in place when it cannot read the secret; using it
+        # as a webhook secret would make signatures forgeable.
+        if value.startswith("@Microsoft.KeyVault("):
+            raise ValueError(
+                "is an unresolved Key Vault reference: create the secret and grant the app's identity "
+                "'Key Vault Secrets User'"
+            )
+        return value
+
     @field_validator("github_branches")
     @classmethod
     def _branches(cls, value: str) -> str:

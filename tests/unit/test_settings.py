@@ -68,3 +68,9 @@ def test_secrets_are_kept_out_of_the_settings_repr():
         {"ServiceBusConnection": "Endpoint=sb://x/;SharedAccessKey=TOPSECRET", "DATABRICKS_TOKEN": "dapiTOPSECRET"}
     )
     assert "TOPSECRET" not in repr(settings)
+
+
+def test_an_unresolved_key_vault_reference_is_refused_by_name():
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/github-webhook/)"
+    with pytest.raises(Exception, match="unresolved Key Vault reference"):
+        Settings.model_validate({"SIGNALBOX_GITHUB_WEBHOOK_SECRET": reference})

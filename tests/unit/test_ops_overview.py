@@ -1,0 +1,260 @@
+"""The ops page's functions in process, over fakes: the overview JSON, the page and its headers, queue depths.
+
+The page itself renders in a browser (tests/integration/test_ops_page.py); here: what the
+functions answer, that the page carries no registry data and only ever writes text into the
+DOM, and the queue-depth adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import azure.functions as func
+import pytest
+
+from functions import ops_page
+from shared import domain, runtime
+from shared.adapters.local_queues import LocalQueues, OutboundMessage
+from shared.handlers import Services
+from shared.queue_depths import LocalQueueDepths, ServiceBusQueueDepths, queue_depths
+from shared.queues import QUEUES
+from shared.settings import Settings
+from signalbox.localhost.index import HostedFunction, index_functions
+from tests.fakes import FakeRegistry, services
+
+REPO = Path(__file__).resolve().parents[2]
+EVIL = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
+
+
+@pytest.fixture(scope="module")
+def functions() -> dict[str, HostedFunction]:
+    """The ops page blueprint indexed as the local host indexes it (once per process)."""
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+    app.register_functions(ops_page.bp)
+    return {f.name: f for f in index_functions(app, default_auth_level="function")}
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> Iterator[Services]:
+    wired = services(SIGNALBOX_STATE_DIR=str(tmp_path / "state"))
+    wired.queue_depths = queue_depths(wired.settings)
+    runtime.override(wired)
+    try:
+        yield wired
+    finally:
+        runtime.override(None)
+
+
+def _get(function: HostedFunction, url: str, **params: str) -> func.HttpResponse:
+    request = func.HttpRequest(method="GET", url=url, params=params, body=b"")
+    response = function.call(**{function.trigger_arg: request})
+    assert isinstance(response, func.HttpResponse)
+    return response
+
+
+def _lifecycle(svc: Services) -> FakeRegistry:
+    """v1 surpassed, v2 in production (champion), v3 staged and waiting for a person, v4 lost."""
+    registry: FakeRegistry = svc.registry  # type: ignore[assignment]
+    model = "iris-classifier"
+    won = domain.record(won=True, reason="first version: no champion; accuracy=0.9000")
+    registry.register(model, stage="surpassed", **{domain.DECISION: won})
+    registry.register(
+        model,
+        stage="production",
+        **{
+            domain.DECISION: won,
+            domain.DEPLOYMENT: domain.record(status="deployed", endpoint="iris", slot="green", at="2026-11-23"),
+        },
+    )
+    registry.register(
+        model,
+        stage="staged",
+        approval="pending",
+        **{
+            domain.DECISION: domain.record(won=True, reason=EVIL),
+            domain.REPOSITORY: EVIL,
+            domain.ENVIRONMENT: "dev",
+        },
+    )
+    registry.register(model, **{domain.DECISION: domain.record(won=False, reason="guardrail f1_macro broke")})
+    registry.set_alias(model, domain.CHAMPION, "2")
+    registry.set_alias(model, domain.CHALLENGER, "3")
+    return registry
+
+
+def test_the_functions_need_the_admin_key(functions: dict[str, HostedFunction]) -> None:
+    assert {name: (f.route.template if f.route else None, f.auth_level) for name, f in functions.items()} == {
+        "ops_page": ("ops", "admin"),
+        "ops_overview": ("ops/overview", "admin"),
+    }
+    assert all(f.methods == {"GET"} for f in functions.values())
+
+
+def test_overview_is_the_lifecycle_overview_plus_queue_depths(
+    functions: dict[str, HostedFunction], svc: Services
+) -> None:
+    _lifecycle(svc)
+    queues = LocalQueues(svc.settings.state_dir / "queues.sqlite3")
+    queues.send("train", OutboundMessage(body="{}", message_id="t1"))
+    queues.send("train", OutboundMessage(body="{}", message_id="t2"))
+    later = datetime.now(UTC) + timedelta(hours=1)
+    queues.send("poll-run", OutboundMessage(body="{}", message_id="p1", scheduled_enqueue_time=later))
+    queues.send("evaluate", OutboundMessage(body="{}", message_id="e1"))
+    queues.send("evaluate", OutboundMessage(body="{}", message_id="e2"))
+    first, second = queues.receive("evaluate", max_messages=2)
+    queues.dead_letter("evaluate", first.lock_token, reason="test", description="bad body")
+
+    response = _get(functions["ops_overview"], "http://localhost/api/ops/overview")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    assert response.headers["Cache-Control"] == "no-store"
+    payload = json.loads(response.get_body())
+
+    from shared.lifecycle import overview
+
+    expected = json.loads(json.dumps(overview(svc), default=str))
+    assert {k: v for k, v in payload.items() if k != "queues"} == expected
+    assert set(payload["queues"]) == set(QUEUES)
+    zero = {"active": 0, "scheduled": 0, "locked": 0, "dead_letter": 0}
+    assert payload["queues"]["train"] == {**zero, "active": 2}
+    assert payload["queues"]["poll-run"] == {**zero, "scheduled": 1}
+    assert payload["queues"]["evaluate"] == {**zero, "locked": 1, "dead_letter": 1}
+    assert payload["queues"]["deploy"] == zero
+
+    iris = next(m for m in payload["models"] if m["model"] == "iris-classifier")
+    assert [(v["version"], v["stage"]) for v in iris["versions"]] == [
+        ("1", "surpassed"),
+        ("2", "production"),
+        ("3", "staged"),
+        ("4", None),
+    ]
+    assert iris["champion"] == "2" and iris["challenger"] == "3"
+    assert payload["pending_approvals"] == [
+        {"model": "iris-classifier", "version": "3", "environment": "dev", "reason": EVIL, "created_at": None}
+    ]
+    # Registry strings travel as JSON data, unchanged: the page escapes them when it renders them.
+    assert iris["versions"][2]["repository"] == EVIL
+    assert second.lock_token  # still locked: counted as locked, not active
+
+
+def test_overview_still_answers_when_the_queue_depths_cannot_be_read(
+    functions: dict[str, HostedFunction], svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Broken:
+        def depths(self) -> dict[str, dict[str, int]]:
+            raise PermissionError("the identity may not read the namespace")
+
+    monkeypatch.setattr(svc, "queue_depths", Broken())
+    payload = json.loads(_get(functions["ops_overview"], "http://localhost/api/ops/overview").get_body())
+    assert payload["queues"] == {}
+    assert "PermissionError: the identity may not read the namespace" in payload["queues_error"]
+    assert len(payload["models"]) == len(svc.catalogue.models)
+
+
+def test_the_page_carries_no_data_and_only_its_own_nonced_script(functions: dict[str, HostedFunction]) -> None:
+    first = _get(functions["ops_page"], "http://localhost/api/ops", code="k")
+    second = _get(functions["ops_page"], "http://localhost/api/ops", code="k")
+    assert first.status_code == 200
+    assert first.mimetype == "text/html"
+    html = first.get_body().decode()
+    policy = first.headers["Content-Security-Policy"]
+    nonce = re.search(r"script-src 'nonce-([A-Za-z0-9_-]+)'", policy)
+    assert nonce, policy
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    assert "connect-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert re.findall(r"<script[^>]*>", html) == [f'<script nonce="{nonce.group(1)}">']
+    assert re.findall(r"<style[^>]*>", html) == [f'<style nonce="{nonce.group(1)}">']
+    assert nonce.group(1) not in second.headers["Content-Security-Policy"], "a fresh nonce per response"
+    assert first.headers["Referrer-Policy"] == "no-referrer"  # the URL carries the admin key
+    assert first.headers["Cache-Control"] == "no-store"
+    assert 'data-refresh="5"' in html
+    # Self-contained: nothing loaded from elsewhere.
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    # The script writes registry strings as text only: no HTML parsing sink anywhere.
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in html, sink
+
+
+@pytest.mark.parametrize(("raw", "status"), [("2", 200), ("300", 200), ("0", 400), ("301", 400), ("soon", 400)])
+def test_refresh_period_is_checked(functions: dict[str, HostedFunction], raw: str, status: int) -> None:
+    response = _get(functions["ops_page"], "http://localhost/api/ops", refresh=raw)
+    assert response.status_code == status
+    if status == 400:
+        assert "refresh must be a whole number of seconds from 1 to 300" in json.loads(response.get_body())["error"]
+    else:
+        assert f'data-refresh="{raw}"' in response.get_body().decode()
+
+
+def test_render_page_refuses_a_nonce_that_could_break_out() -> None:
+    with pytest.raises(ValueError):
+        ops_page.render_page(nonce='x"><script>', refresh_seconds=5)
+
+
+# -- the queue-depth adapters ----------------------------------------------------------------------
+
+
+def test_local_queue_depths_count_every_queue(tmp_path: Path) -> None:
+    depths = LocalQueueDepths(LocalQueues(tmp_path / "queues.sqlite3")).depths()
+    assert list(depths) == list(QUEUES)
+    assert all(counts == {"active": 0, "scheduled": 0, "locked": 0, "dead_letter": 0} for counts in depths.values())
+
+
+def test_service_bus_queue_depths_read_the_runtime_properties() -> None:
+    asked: list[str] = []
+
+    class Admin:
+        def get_queue_runtime_properties(self, name: str) -> Any:
+            asked.append(name)
+            return SimpleNamespace(
+                active_message_count=3, scheduled_message_count=1, dead_letter_message_count=2, total_message_count=6
+            )
+
+    depths = ServiceBusQueueDepths(client=Admin(), names=["train", "deploy"]).depths()
+    assert asked == ["train", "deploy"]
+    assert depths == {q: {"active": 3, "scheduled": 1, "locked": 0, "dead_letter": 2} for q in ("train", "deploy")}
+
+
+def test_the_factory_follows_the_bus_setting(tmp_path: Path) -> None:
+    local = queue_depths(Settings.model_validate({"SIGNALBOX_STATE_DIR": str(tmp_path)}))
+    assert isinstance(local, LocalQueueDepths)
+    assert (tmp_path / "queues.sqlite3").exists()
+    cloud = queue_depths(
+        Settings.model_validate(
+            {
+                "SIGNALBOX_BUS": "servicebus",
+                "ServiceBusConnection__fullyQualifiedNamespace": "sb-x.servicebus.windows.net",
+            }
+        )
+    )
+    assert isinstance(cloud, ServiceBusQueueDepths)
+    assert cloud.fully_qualified_namespace == "sb-x.servicebus.windows.net"
+    with pytest.raises(ValueError, match="ServiceBusConnection"):
+        ServiceBusQueueDepths()
+
+
+def test_the_test_app_composes_every_blueprint_once_and_indexes_light() -> None:
+    """What the end-to-end test's host imports, indexed in a fresh process as the host does: no heavy SDK."""
+    script = (
+        "import sys\n"
+        "from signalbox.localhost.index import index_functions\n"
+        "from tests.apps.ops_page_app import app\n"
+        "routes = sorted(f.name + ':' + f.auth_level for f in index_functions(app) if f.route)\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'sklearn', 'pandas', 'pydantic')\n"
+        "               or m.startswith(('azure.servicebus', 'azure.identity', 'shared.queue_depths')))\n"
+        "print(' '.join(routes)); print(heavy)\n"
+    )
+    routes, heavy = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, check=True
+    ).stdout.splitlines()
+    assert {"ops_page:admin", "ops_overview:admin", "approval:function", "status_overview:function"} <= set(
+        routes.split()
+    )
+    assert heavy == "[]"
