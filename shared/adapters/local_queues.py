@@ -319,6 +319,54 @@ class LocalQueues:
             row = self._locked(conn, queue, lock_token, now)
             self._dead_letter_row(conn, queue, row["seq"], reason, description, _to_us(now))
 
+    def lock_dead_letter(self, queue: str, sequence_number: int) -> ReceivedMessage | None:
+        """Peek-lock one dead-lettered message by sequence number, as a dead-letter receiver would.
+
+        The lock lasts the queue's lock duration. ``None`` when the message is not in the
+        dead-letter sub-queue (settled meanwhile) or another holder's lock on it is live.
+        The delivery count is left as the main queue's attempts made it.
+        """
+        spec = self._spec(queue)
+        with self._transaction() as conn:
+            now = self._now()
+            now_us = _to_us(now)
+            row = conn.execute(
+                """
+                SELECT * FROM messages
+                WHERE queue = ? AND seq = ? AND dead_lettered = 1
+                  AND (locked_until IS NULL OR locked_until <= ?)
+                """,
+                (queue, sequence_number, now_us),
+            ).fetchone()
+            if row is None:
+                return None
+            token = str(uuid.uuid4())
+            locked_until = now + spec.lock_duration
+            conn.execute(
+                "UPDATE messages SET locked_until = ?, lock_token = ? WHERE queue = ? AND seq = ?",
+                (_to_us(locked_until), token, queue, sequence_number),
+            )
+            return self._message(
+                queue, row, delivery_count=row["delivery_count"], locked_until=locked_until, lock_token=token
+            )
+
+    def complete_dead_letter(self, queue: str, lock_token: str) -> None:
+        """Settle a dead letter locked by :meth:`lock_dead_letter`: delete it for good."""
+        self._spec(queue)
+        with self._transaction() as conn:
+            row = self._locked_dead_letter(conn, queue, lock_token, self._now())
+            conn.execute("DELETE FROM messages WHERE queue = ? AND seq = ?", (queue, row["seq"]))
+
+    def release_dead_letter(self, queue: str, lock_token: str) -> None:
+        """Give back the lock on a dead letter; it stays in the dead-letter sub-queue as it was."""
+        self._spec(queue)
+        with self._transaction() as conn:
+            row = self._locked_dead_letter(conn, queue, lock_token, self._now())
+            conn.execute(
+                "UPDATE messages SET locked_until = NULL, lock_token = NULL WHERE queue = ? AND seq = ?",
+                (queue, row["seq"]),
+            )
+
     def peek(self, queue: str, *, dead_letter: bool = False, limit: int = 100) -> list[ReceivedMessage]:
         """Read messages in sequence order without locking them (scheduled and locked ones included)."""
         spec = self._spec(queue)
@@ -570,6 +618,19 @@ class LocalQueues:
             raise MessageLockLost(
                 f"the lock {lock_token!r} on queue {queue!r} is unknown or has expired; "
                 "the message was settled or is available to receivers again"
+            )
+        return row
+
+    @staticmethod
+    def _locked_dead_letter(conn: sqlite3.Connection, queue: str, lock_token: str, now: datetime) -> sqlite3.Row:
+        row: sqlite3.Row | None = conn.execute(
+            "SELECT * FROM messages WHERE queue = ? AND lock_token = ? AND dead_lettered = 1",
+            (queue, lock_token),
+        ).fetchone()
+        if row is None or row["locked_until"] is None or row["locked_until"] <= _to_us(now):
+            raise MessageLockLost(
+                f"the lock {lock_token!r} on a dead letter of queue {queue!r} is unknown or has expired; "
+                "the dead letter was settled or is available to others again"
             )
         return row
 
