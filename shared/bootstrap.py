@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 from datetime import UTC, datetime
@@ -64,6 +65,7 @@ def bootstrap(settings: Settings | None = None) -> Services:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     tracking, registry_uri = _mlflow_uris(settings)
 
+    from shared.adapters.local_deadletters import ports_from_settings
     from shared.adapters.mlflow_evaluator import MlflowEvaluator
     from shared.adapters.mlflow_registry import MlflowRegistry
     from shared.queue_depths import queue_depths
@@ -81,6 +83,7 @@ def bootstrap(settings: Settings | None = None) -> Services:
         clock=_utcnow,
         code_version=code_version(settings.catalogue.parent),
         queue_depths=queue_depths(settings),
+        dead_letters=functools.partial(ports_from_settings, settings),
     )
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -29,6 +30,7 @@ from shared.errors import PermanentError, TransientError
 from shared.ports import Deployment, JobRequest
 
 if TYPE_CHECKING:
+    from shared.adapters.local_deadletters import DeadLetterPorts
     from shared.catalogue import Catalogue, ModelEntry
     from shared.events import BlobCreated, DriftAlert
     from shared.ports import Bus, Clock, Compute, Evaluator, LandingZone, LifecycleEvents, Registry, Serving
@@ -55,6 +57,8 @@ class Services:
     clock: Clock
     code_version: Mapping[str, str] = field(default_factory=dict)
     queue_depths: QueueDepths | None = None
+    # One dead-letter session per operation: each owns the locks it takes.
+    dead_letters: Callable[[], AbstractContextManager[DeadLetterPorts]] | None = None
 
     def compute_for(self, model: ModelEntry) -> Compute:
         """The compute backend the model's catalogue entry names."""

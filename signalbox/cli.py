@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from signalbox import dlq
+
 
 def _add_state(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     _add_target(status)
 
+    dlq.add_parser(commands)
+
     for name in ("approve", "reject"):
         decide = commands.add_parser(name, help=f"{name} a version waiting for approval")
         decide.add_argument("model")
@@ -90,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``signalbox`` console script."""
     args = build_parser().parse_args(argv)
+    if args.command == "dlq":
+        return dlq.run(args)
     if args.command == "host":
         from signalbox.localhost.server import HostSettings, run_host
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from signalbox.localhost.config import HostConfigError
 
@@ -64,7 +65,8 @@ class RouteTemplate:
         found = self.pattern.match("/" + path.strip("/") if path.strip("/") else "")
         if not found:
             return None
-        return {k: v for k, v in found.groupdict().items() if v is not None}
+        # The Functions host hands route parameters to the function percent-decoded.
+        return {k: unquote(v) for k, v in found.groupdict().items() if v is not None}
 
 
 @dataclass

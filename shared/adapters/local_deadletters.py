@@ -1,0 +1,179 @@
+"""The dead-letter port over the local SQLite queues (the embedded default).
+
+:class:`LocalDeadLetters` is both the :class:`~shared.deadletters.DeadLetterStore` and the
+:class:`~shared.deadletters.ReplaySender`: it locks a dead letter by sequence number
+(``LocalQueues.lock_dead_letter``), sends the replay with ``LocalQueues.send`` (duplicate
+detection included) and completes the dead letter only when told to.
+
+At the end, :func:`deadletter_ports` picks the adapter from settings until the composition
+root (``shared/bootstrap.py``) wires one into ``Services``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from shared.adapters.local_queues import LocalQueues, OutboundMessage, ReceivedMessage
+from shared.deadletters import DeadLetter, DeadLetterStore, ReplayMessage, ReplaySender, replay_count_of
+
+if TYPE_CHECKING:
+    from shared.handlers import Services
+    from shared.queues import QueueSpec
+    from shared.settings import Settings
+
+__all__ = ["DeadLetterPorts", "LocalDeadLetters", "deadletter_ports", "local_queues", "ports_from_settings"]
+
+QUEUES_FILE_SETTING = "SIGNALBOX_QUEUES_FILE"
+
+
+def to_dead_letter(message: ReceivedMessage) -> DeadLetter:
+    """A dead-lettered local message as the domain sees it."""
+    properties = dict(message.application_properties)
+    return DeadLetter(
+        queue=message.queue,
+        message_id=message.message_id,
+        sequence_number=message.sequence_number,
+        body=message.body,
+        correlation_id=message.correlation_id,
+        session_id=message.session_id,
+        application_properties=properties,
+        reason=message.dead_letter_reason,
+        description=message.dead_letter_error_description,
+        enqueued_time=message.enqueued_time,
+        dead_lettered_time=message.dead_lettered_at,
+        delivery_count=message.delivery_count,
+        replay_count=replay_count_of(properties),
+        subject=message.subject,
+        content_type=message.content_type,
+    )
+
+
+class LocalDeadLetters:
+    """Dead letters of the local queues, and the sender of their replays.
+
+    Lock tokens are kept per instance: use one instance per run (they are cheap).
+    """
+
+    def __init__(self, queues: LocalQueues) -> None:
+        self.queues = queues
+        self._tokens: dict[tuple[str, int], str] = {}
+        self._lock = threading.Lock()
+
+    def queue_names(self) -> Sequence[str]:
+        """The queues of the queue definition the local queues were opened with."""
+        return list(self.queues.specs)
+
+    def peek(self, queue: str, limit: int) -> list[DeadLetter]:
+        """Dead letters in sequence order, unlocked."""
+        return [to_dead_letter(m) for m in self.queues.peek(queue, dead_letter=True, limit=limit)]
+
+    def lock(self, queue: str, sequence_number: int) -> DeadLetter | None:
+        """Peek-lock one dead letter (for the queue's lock duration)."""
+        message = self.queues.lock_dead_letter(queue, sequence_number)
+        if message is None:
+            return None
+        with self._lock:
+            self._tokens[(queue, sequence_number)] = message.lock_token
+        return to_dead_letter(message)
+
+    def complete(self, queue: str, sequence_number: int) -> None:
+        """Delete a dead letter locked here; ``MessageLockLost`` when its lock expired."""
+        self.queues.complete_dead_letter(queue, self._token(queue, sequence_number))
+
+    def release(self, queue: str, sequence_number: int) -> None:
+        """Unlock a dead letter locked here."""
+        self.queues.release_dead_letter(queue, self._token(queue, sequence_number))
+
+    def release_all(self) -> None:
+        """Unlock every dead letter still locked here (a lost lock is already released)."""
+        from shared.adapters.local_queues import MessageLockLost
+
+        with self._lock:
+            held, self._tokens = self._tokens, {}
+        for (queue, _), token in held.items():
+            with suppress(MessageLockLost):
+                self.queues.release_dead_letter(queue, token)
+
+    def send(self, queue: str, message: ReplayMessage) -> bool:
+        """Enqueue a replay; ``False`` when duplicate detection dropped it."""
+        return self.queues.send(
+            queue,
+            OutboundMessage(
+                body=message.body,
+                message_id=message.message_id,
+                session_id=message.session_id,
+                correlation_id=message.correlation_id,
+                subject=message.subject,
+                content_type=message.content_type,
+                application_properties=dict(message.application_properties),
+            ),
+        )
+
+    def _token(self, queue: str, sequence_number: int) -> str:
+        with self._lock:
+            token = self._tokens.pop((queue, sequence_number), None)
+        if token is None:
+            raise KeyError(f"dead letter {sequence_number} of queue {queue!r} is not locked by this run")
+        return token
+
+
+# -- until bootstrap wires it: the adapter from settings ------------------------------------------
+
+
+class DeadLetterPorts(NamedTuple):
+    """What the dead-letter operations need: the store and the sender of replays."""
+
+    store: DeadLetterStore
+    sender: ReplaySender
+
+
+def queue_specs() -> dict[str, QueueSpec]:
+    """The queue definition in force: ``SIGNALBOX_QUEUES_FILE`` (read now), else ``shared/queues.json``."""
+    from shared.queues import QUEUES_FILE, load_queue_specs
+
+    return load_queue_specs(Path(os.environ.get(QUEUES_FILE_SETTING) or QUEUES_FILE))
+
+
+def local_queues(state_dir: Path, *, must_exist: bool = False) -> LocalQueues:
+    """The local queues of a state dir; ``FileNotFoundError`` if ``must_exist`` and there are none."""
+    path = state_dir / "queues.sqlite3"
+    if must_exist and not path.exists():
+        raise FileNotFoundError(f"no local queues at {path}: is the state dir right (--state-dir)?")
+    return LocalQueues(path, specs=queue_specs())
+
+
+@contextmanager
+def ports_from_settings(settings: Settings) -> Iterator[DeadLetterPorts]:
+    """Dead-letter ports for one run, from ``SIGNALBOX_BUS``; closed at the end of the run.
+
+    To move into ``shared/bootstrap.py`` beside ``_bus`` (one composition root).
+    """
+    if settings.bus == "servicebus":
+        from shared.adapters.servicebus_deadletters import ServiceBusDeadLetters
+
+        cloud = ServiceBusDeadLetters(
+            fully_qualified_namespace=settings.servicebus_namespace or None,
+            connection_string=None if settings.servicebus_namespace else settings.servicebus_connection or None,
+        )
+        try:
+            yield DeadLetterPorts(cloud, cloud)
+        finally:
+            cloud.close()
+        return
+    local = LocalDeadLetters(local_queues(settings.state_dir))
+    yield DeadLetterPorts(local, local)
+
+
+def deadletter_ports(svc: Services) -> AbstractContextManager[DeadLetterPorts]:
+    """The ports for one run (a context manager): ``svc.dead_letters()`` once ``Services`` has it,
+    else built from the settings here.
+    """
+    factory: Callable[[], AbstractContextManager[DeadLetterPorts]] | None = getattr(svc, "dead_letters", None)
+    if factory is not None:
+        return factory()
+    return ports_from_settings(svc.settings)

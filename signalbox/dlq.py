@@ -1,0 +1,513 @@
+"""``signalbox dlq list|show|replay|purge``: the dead-letter queues, from the command line.
+
+By default it works directly on the local queues of ``--state-dir`` (no host needed); with
+``--host-url`` it goes through a running host's admin functions (``/api/ops/deadletters``),
+with the admin (master) key from ``--admin-key`` / ``$SIGNALBOX_ADMIN_KEY`` or else the state
+dir's ``host-keys.json`` (a Function App in Azure: pass its master key). Both ways run the
+same code (``shared/deadletters.py``) and print the same thing.
+
+Exit codes: 0 done; 1 something failed (a replay or purge failure, a dead letter not found,
+the host unreachable or refusing); 2 bad input, or a purge that was not confirmed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+ALL_QUEUES = "all"  # = shared.deadletters.ALL_QUEUES (this module stays import-light)
+_FILTER_ARGS = ("reason", "since", "message_id", "correlation_id", "limit")
+
+
+class CommandError(RuntimeError):
+    """The command cannot be carried out; the message says why."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("SIGNALBOX_STATE_DIR", ".signalbox")),
+        help="local state with queues.sqlite3 and host-keys.json (default .signalbox)",
+    )
+    parser.add_argument(
+        "--host-url",
+        default=None,
+        help="go through this running host's admin functions instead of the local queues directly",
+    )
+    parser.add_argument(
+        "--admin-key",
+        default=os.environ.get("SIGNALBOX_ADMIN_KEY") or None,
+        help="the host's admin (master) key for --host-url (default: $SIGNALBOX_ADMIN_KEY, else the state dir's "
+        "host-keys.json); needed for a Function App in Azure",
+    )
+    parser.add_argument("--json", action="store_true", help="print the JSON answer")
+
+
+def _filters(parser: argparse.ArgumentParser, *, queue_help: str) -> None:
+    parser.add_argument("queue", nargs="?", help=queue_help)
+    parser.add_argument("--reason", help="dead-letter reason, e.g. MaxDeliveryCountExceeded (case-insensitive)")
+    parser.add_argument("--since", help="dead-lettered at or after: 2026-11-23T10:00:00Z, or an age: 15m, 2h, 1d")
+    parser.add_argument("--message-id", help="this message id (or replays of it)")
+    parser.add_argument("--correlation-id", help="this correlation id (one lifecycle)")
+    parser.add_argument("--limit", type=int, help="at most this many dead letters (in queue, then sequence order)")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``dlq`` and its actions to the ``signalbox`` command's subparsers."""
+    dlq: argparse.ArgumentParser = subparsers.add_parser(
+        "dlq",
+        help="dead-letter queues: list, show, replay, purge",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = dlq.add_subparsers(dest="dlq_action", required=True)
+
+    listing = actions.add_parser("list", help="dead letters of one queue, or of every queue")
+    _filters(listing, queue_help="a queue (default: every queue)")
+    _common(listing)
+
+    show = actions.add_parser("show", help="one dead letter with its body and application properties")
+    show.add_argument("message_id")
+    show.add_argument("--queue", help="look only in this queue")
+    _common(show)
+
+    replay = actions.add_parser(
+        "replay", help="send dead letters again (new message id, same correlation and session), then remove them"
+    )
+    _filters(replay, queue_help="a queue (default: every queue)")
+    replay.add_argument("--dry-run", action="store_true", help="list what would be replayed; move nothing")
+    replay.add_argument(
+        "--max-replays",
+        type=int,
+        default=3,
+        help="skip messages already replayed this many times (default 3)",
+    )
+    replay.add_argument(
+        "--progress-every", type=int, default=100, help="a progress line on stderr every N messages (0: none)"
+    )
+    _common(replay)
+
+    purge = actions.add_parser("purge", help="delete dead letters for good (asks to type the queue name)")
+    _filters(purge, queue_help=f"a queue (default: every queue; confirm with {ALL_QUEUES!r})")
+    purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    purge.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
+    purge.add_argument(
+        "--progress-every", type=int, default=100, help="a progress line on stderr every N messages (0: none)"
+    )
+    _common(purge)
+    return dlq
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out ``signalbox dlq ...``; the exit code."""
+    try:
+        backend: Backend = (
+            HostBackend(args.host_url.rstrip("/"), args.state_dir, args.admin_key)
+            if args.host_url
+            else DirectBackend(args.state_dir)
+        )
+        action = args.dlq_action
+        if action == "list":
+            return _list(backend, args)
+        if action == "show":
+            return _show(backend, args)
+        if action == "replay":
+            return _replay(backend, args)
+        return _purge(backend, args)
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+
+
+def _filter_data(args: argparse.Namespace) -> dict[str, Any]:
+    data = {"queue": args.queue} if args.queue else {}
+    for name in _FILTER_ARGS:
+        value = getattr(args, name)
+        if value is not None:
+            data[name] = value
+    return data
+
+
+def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
+    print(json.dumps(payload, indent=2, default=str) if args.json else text)
+
+
+def _progress(every: int, verb: str) -> Callable[[int, int], None] | None:
+    if every <= 0:
+        return None
+
+    def report(done: int, total: int) -> None:
+        if done % every == 0 or (done == total and total >= every):
+            print(f"{verb} {done}/{total}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _list(backend: Backend, args: argparse.Namespace) -> int:
+    answer = backend.list(_filter_data(args))
+    _emit(args, answer, format_list(answer["dead_letters"], args.queue))
+    return EXIT_OK
+
+
+def _show(backend: Backend, args: argparse.Namespace) -> int:
+    answer = backend.show(args.message_id, args.queue)
+    _emit(args, answer, format_detail(answer))
+    return EXIT_OK
+
+
+def _replay(backend: Backend, args: argparse.Namespace) -> int:
+    if args.max_replays < 0:
+        raise CommandError(f"--max-replays must be at least 0, got {args.max_replays}", EXIT_REFUSED)
+    answer = backend.replay(
+        _filter_data(args),
+        dry_run=args.dry_run,
+        max_replays=args.max_replays,
+        progress=_progress(args.progress_every, "replayed"),
+    )
+    _emit(args, answer, format_report(answer, "replay"))
+    return EXIT_FAILED if answer["counts"].get("failed") else EXIT_OK
+
+
+def _purge(backend: Backend, args: argparse.Namespace) -> int:
+    data = _filter_data(args)
+    progress = _progress(args.progress_every, "purged")
+    if args.dry_run:
+        answer = backend.purge(data, confirm=None, dry_run=True, progress=progress)
+        _emit(args, answer, format_report(answer, "purge"))
+        return EXIT_OK
+    expected = args.queue or ALL_QUEUES
+    if args.yes:
+        confirm = expected
+    elif sys.stdin is not None and sys.stdin.isatty():
+        preview = backend.purge(data, confirm=None, dry_run=True, progress=None)
+        count = len(preview["outcomes"])
+        if count == 0:
+            _emit(args, preview, "nothing to purge")
+            return EXIT_OK
+        what = f"queue {args.queue!r}" if args.queue else "every queue"
+        print(f"This deletes {count} dead letter(s) of {what} for good.", file=sys.stderr)
+        try:
+            confirm = input(f"Type {expected!r} to confirm: ").strip()
+        except EOFError:
+            confirm = ""
+        if confirm != expected:
+            raise CommandError(f"not confirmed (expected {expected!r}): nothing was purged", EXIT_REFUSED)
+    else:
+        raise CommandError(
+            "refusing to purge without confirmation: stdin is not a terminal, so pass --yes "
+            f"(or run it in a terminal and type {expected!r} when asked)",
+            EXIT_REFUSED,
+        )
+    answer = backend.purge(data, confirm=confirm, dry_run=False, progress=progress)
+    _emit(args, answer, format_report(answer, "purge"))
+    return EXIT_FAILED if answer["counts"].get("failed") else EXIT_OK
+
+
+# -- where the work happens: the local queues, or a host ------------------------------------------
+
+
+class Backend(Protocol):
+    """The four operations, answering the admin functions' JSON."""
+
+    def list(self, filters: dict[str, Any]) -> dict[str, Any]: ...
+
+    def show(self, message_id: str, queue: str | None) -> dict[str, Any]: ...
+
+    def replay(
+        self,
+        filters: dict[str, Any],
+        *,
+        dry_run: bool,
+        max_replays: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> dict[str, Any]: ...
+
+    def purge(
+        self,
+        filters: dict[str, Any],
+        *,
+        confirm: str | None,
+        dry_run: bool,
+        progress: Callable[[int, int], None] | None,
+    ) -> dict[str, Any]: ...
+
+
+class DirectBackend:
+    """The local queues of a state dir, opened here (a host may run on them at the same time)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        from shared.adapters.local_deadletters import LocalDeadLetters, local_queues
+
+        try:
+            self.ports = LocalDeadLetters(local_queues(state_dir, must_exist=True))
+        except (FileNotFoundError, ValueError) as exc:
+            raise CommandError(str(exc)) from None
+
+    def _filters(self, data: dict[str, Any]) -> Any:
+        from shared.deadletters import parse_filters
+
+        try:
+            return parse_filters(data, now=datetime.now(UTC))
+        except ValueError as exc:
+            raise CommandError(str(exc), EXIT_REFUSED) from None
+
+    def list(self, filters: dict[str, Any]) -> dict[str, Any]:
+        from shared import deadletters
+
+        parsed = self._filters(filters)
+        try:
+            found = deadletters.list_dead_letters(self.ports, parsed)
+        except ValueError as exc:
+            raise CommandError(str(exc), EXIT_REFUSED) from None
+        return {
+            "filters": parsed.to_dict(),
+            "count": len(found),
+            "dead_letters": [deadletters.summary(d) for d in found],
+        }
+
+    def show(self, message_id: str, queue: str | None) -> dict[str, Any]:
+        from shared import deadletters
+
+        try:
+            return deadletters.detail(deadletters.find(self.ports, message_id, queue=queue))
+        except LookupError as exc:
+            raise CommandError(str(exc.args[0])) from None
+        except ValueError as exc:
+            raise CommandError(str(exc), EXIT_REFUSED) from None
+
+    def replay(
+        self,
+        filters: dict[str, Any],
+        *,
+        dry_run: bool,
+        max_replays: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> dict[str, Any]:
+        from shared import deadletters
+
+        parsed = self._filters(filters)
+        try:
+            report = deadletters.replay(
+                self.ports, self.ports, parsed, dry_run=dry_run, max_replays=max_replays, progress=progress
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc), EXIT_REFUSED) from None
+        return {"filters": parsed.to_dict(), **report.to_dict()}
+
+    def purge(
+        self,
+        filters: dict[str, Any],
+        *,
+        confirm: str | None,
+        dry_run: bool,
+        progress: Callable[[int, int], None] | None,
+    ) -> dict[str, Any]:
+        from shared import deadletters
+
+        parsed = self._filters(filters)
+        try:
+            report = deadletters.purge(self.ports, parsed, confirm=confirm, dry_run=dry_run, progress=progress)
+        except ValueError as exc:  # ConfirmationRequired included
+            raise CommandError(str(exc), EXIT_REFUSED) from None
+        return {"filters": parsed.to_dict(), **report.to_dict()}
+
+
+class HostBackend:
+    """A running host's admin functions; the admin key from the state dir's ``host-keys.json``."""
+
+    def __init__(self, host_url: str, state_dir: Path, admin_key: str | None = None) -> None:
+        from signalbox.client import host_keys
+
+        self.base = f"{host_url}/api/ops/deadletters"
+        self.state_dir = state_dir
+        key = admin_key or str(host_keys(state_dir).get("masterKey", ""))
+        # No key file: the host may run with --no-auth; if not, its 401 says what is missing.
+        self.headers = {"x-functions-key": key} if key else {}
+
+    def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        import requests
+
+        try:
+            response = requests.request(method, url, headers=self.headers, timeout=600, **kwargs)
+        except requests.RequestException as exc:
+            raise CommandError(f"cannot reach the host at {url}: {exc}") from None
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {"error": response.text[:300]}
+        if response.status_code >= 400:
+            message = payload.get("error") or payload.get("message") if isinstance(payload, dict) else payload
+            hint = ""
+            if response.status_code == 401:
+                hint = (
+                    f" (the admin key comes from --admin-key, $SIGNALBOX_ADMIN_KEY or "
+                    f"{self.state_dir / 'host-keys.json'}: is --state-dir the host's?)"
+                )
+            code = EXIT_REFUSED if response.status_code == 400 else EXIT_FAILED
+            raise CommandError(f"host answered {response.status_code}: {message}{hint}", code)
+        if not isinstance(payload, dict):
+            raise CommandError(f"host answered something unexpected: {str(payload)[:300]}")
+        return payload
+
+    def list(self, filters: dict[str, Any]) -> dict[str, Any]:
+        return self._call("GET", self.base, params=filters)
+
+    def show(self, message_id: str, queue: str | None) -> dict[str, Any]:
+        from urllib.parse import quote
+
+        return self._call("GET", f"{self.base}/{quote(message_id, safe='')}", params={"queue": queue} if queue else {})
+
+    def replay(
+        self,
+        filters: dict[str, Any],
+        *,
+        dry_run: bool,
+        max_replays: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> dict[str, Any]:
+        # One request: the host logs the progress of a long replay.
+        if progress is not None and not dry_run:
+            print("replaying through the host (its log shows the progress)...", file=sys.stderr, flush=True)
+        return self._call(
+            "POST", f"{self.base}/replay", json={**filters, "dry_run": dry_run, "max_replays": max_replays}
+        )
+
+    def purge(
+        self,
+        filters: dict[str, Any],
+        *,
+        confirm: str | None,
+        dry_run: bool,
+        progress: Callable[[int, int], None] | None,
+    ) -> dict[str, Any]:
+        body = {**filters, "dry_run": dry_run}
+        if confirm is not None:
+            body["confirm"] = confirm
+        return self._call("POST", f"{self.base}/purge", json=body)
+
+
+# -- printing ------------------------------------------------------------------------------------
+
+
+def _when(text: str | None) -> str:
+    if not text:
+        return "-"
+    return text.replace("T", " ")[:19]
+
+
+def _cut(text: str | None, width: int) -> str:
+    text = text or "-"
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_list(rows: list[dict[str, Any]], queue: str | None) -> str:
+    """The ``list`` table."""
+    if not rows:
+        return f"no dead letters in queue {queue}" if queue else "no dead letters"
+    headers = (
+        "MESSAGE ID",
+        "QUEUE",
+        "REASON",
+        "DESCRIPTION",
+        "ENQUEUED",
+        "DEAD-LETTERED",
+        "DELIVERIES",
+        "CORRELATION ID",
+        "REPLAYS",
+    )
+    table = [
+        (
+            str(r["message_id"]),
+            str(r["queue"]),
+            r.get("reason") or "-",
+            _cut(r.get("description"), 40),
+            _when(r.get("enqueued_time")),
+            _when(r.get("dead_lettered_time")),
+            str(r.get("delivery_count", "")),
+            r.get("correlation_id") or "-",
+            str(r.get("replay_count", 0)),
+        )
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in (headers, *table)]
+    lines.append(f"{len(rows)} dead letter(s)")
+    return "\n".join(lines)
+
+
+def format_detail(d: dict[str, Any]) -> str:
+    """The ``show`` view."""
+    fields = (
+        "message_id",
+        "queue",
+        "sequence_number",
+        "reason",
+        "description",
+        "enqueued_time",
+        "dead_lettered_time",
+        "delivery_count",
+        "correlation_id",
+        "session_id",
+        "subject",
+        "content_type",
+        "replay_count",
+        "original_message_id",
+    )
+    lines = [f"{name.replace('_', ' ')}: {d.get(name) if d.get(name) is not None else '-'}" for name in fields]
+    lines.append("application properties:")
+    properties = d.get("application_properties") or {}
+    lines += [f"  {key}: {value}" for key, value in properties.items()] or ["  (none)"]
+    body = d.get("body", "")
+    if d.get("body_encoding") == "utf-8":
+        with contextlib.suppress(ValueError):
+            body = json.dumps(json.loads(body), indent=2)
+    lines.append(f"body ({d.get('body_encoding', 'utf-8')}):")
+    lines.append(body)
+    return "\n".join(lines)
+
+
+_VERBS = {
+    "replayed": "replayed",
+    "would_replay": "would replay",
+    "purged": "purged",
+    "would_purge": "would purge",
+    "skipped": "skipped",
+    "failed": "FAILED",
+}
+
+
+def format_report(answer: dict[str, Any], operation: str) -> str:
+    """One line per dead letter, then the totals."""
+    lines = []
+    for o in answer["outcomes"]:
+        line = f"{_VERBS.get(o['status'], o['status'])}: {o['queue']} {o['message_id']}"
+        if o.get("new_message_id"):
+            line += f" -> {o['new_message_id']} (replay {o['replay_count']})"
+        if o.get("detail"):
+            line += f": {o['detail']}"
+        lines.append(line)
+    counts = answer.get("counts", {})
+    if not lines:
+        lines.append(f"nothing to {operation}")
+    totals = ", ".join(f"{_VERBS.get(k, k)} {v}" for k, v in sorted(counts.items())) or "none"
+    suffix = " (dry run: nothing moved)" if answer.get("dry_run") else ""
+    lines.append(f"{operation}: {totals}{suffix}")
+    return "\n".join(lines)
