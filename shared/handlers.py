@@ -522,6 +522,12 @@ def deploy(envelope: Envelope, svc: Services) -> str:
         svc.events.publish("BatchScoringStarted", model.name, {"version": version.version, "run_id": run_id})
         return "batch"
     previous = svc.serving.current(endpoint)
+    if previous is not None and previous.version == version.version:
+        # An earlier delivery moved the traffic and failed before recording it: record it now.
+        url = svc.serving.endpoint_url(endpoint)
+        deployment = {"mode": "real_time", "endpoint": endpoint, "url": url, "slot": previous.slot}
+        _make_production(svc, model.name, version.version, envelope, deployment)
+        return "deployed"
     if command.candidate_slot and command.candidate_url:
         candidate = Deployment(endpoint, model.name, version.version, command.candidate_slot, command.candidate_url)
     else:

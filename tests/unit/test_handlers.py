@@ -442,3 +442,19 @@ def test_the_overview_lists_every_model_and_the_approvals_waiting():
     handlers.request_approval_decision(MODEL, v1, True, "alice", svc)
     drain(svc)
     assert overview(svc)["pending_approvals"] == []
+
+
+def test_a_redelivered_deploy_after_traffic_moved_only_records_it():
+    svc = services()
+    train_to_version(svc, accuracy=0.7, event_id="a")
+    drain(svc)
+    v2 = train_to_version(svc, accuracy=0.9, event_id="b")
+    for kind in ("evaluate", "promote"):
+        for envelope in svc.bus.take(kind):
+            DISPATCH[kind](envelope, svc)
+    (deploy,) = svc.bus.take("deploy")
+    serving: FakeServing = svc.serving
+    serving.route("iris", serving.start("iris", MODEL, v2))  # as if the first delivery died right after routing
+    assert handlers.deploy(deploy, svc) == "deployed"
+    assert svc.registry.stage(MODEL, v2) == "production" and svc.registry.stage(MODEL, "1") == "surpassed"
+    assert json.loads(svc.registry.get_version(MODEL, v2).tags[domain.DEPLOYMENT])["status"] == "deployed"
