@@ -525,7 +525,7 @@ def deploy(envelope: Envelope, svc: Services) -> str:
     if previous is not None and previous.version == version.version:
         # An earlier delivery moved the traffic and failed before recording it: record it now.
         url = svc.serving.endpoint_url(endpoint)
-        deployment = {"mode": "real_time", "endpoint": endpoint, "url": url, "slot": previous.slot}
+        deployment: dict[str, object] = {"mode": "real_time", "endpoint": endpoint, "url": url, "slot": previous.slot}
         _make_production(svc, model.name, version.version, envelope, deployment)
         return "deployed"
     if command.candidate_slot and command.candidate_url:

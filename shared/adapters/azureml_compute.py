@@ -223,7 +223,38 @@ def _job_name(job: JobRequest) -> str:
     return f"{slug}-{job.purpose}-{digest}"
 
 
-class AzureMLCompute:
+class Workspace:
+    """An Azure ML workspace whose ``MLClient`` is built on first use.
+
+    Importing azure.ai.ml costs seconds that a cold start should not pay.
+    """
+
+    def __init__(
+        self,
+        subscription_id: str,
+        resource_group: str,
+        workspace: str,
+        credential: TokenCredential | None,
+        client: MLClient | None,
+    ) -> None:
+        self.subscription_id = subscription_id
+        self.resource_group = resource_group
+        self.workspace = workspace
+        self._credential = credential
+        self._client = client
+        self._lock = threading.Lock()
+
+    def _ml(self) -> MLClient:
+        with self._lock:
+            if self._client is None:
+                with azure_errors(f"Azure ML workspace {self.workspace}", self.workspace):
+                    self._client = ml_client(
+                        self.subscription_id, self.resource_group, self.workspace, self._credential
+                    )
+            return self._client
+
+
+class AzureMLCompute(Workspace):
     """Runs jobs as Azure ML command jobs from YAML specs; the job name is the run id."""
 
     backend = "azureml"
@@ -238,23 +269,8 @@ class AzureMLCompute:
         client: MLClient | None = None,
         cancel_timeout: float = 10.0,
     ) -> None:
-        self.subscription_id = subscription_id
-        self.resource_group = resource_group
-        self.workspace = workspace
+        Workspace.__init__(self, subscription_id, resource_group, workspace, credential, client)
         self.cancel_timeout = cancel_timeout
-        self._credential = credential
-        self._client = client
-        self._lock = threading.Lock()
-
-    def _ml(self) -> MLClient:
-        # Built on first use: importing azure.ai.ml costs seconds that a cold start should not pay.
-        with self._lock:
-            if self._client is None:
-                with azure_errors(f"Azure ML workspace {self.workspace}", self.workspace):
-                    self._client = ml_client(
-                        self.subscription_id, self.resource_group, self.workspace, self._credential
-                    )
-            return self._client
 
     def launch(self, job: JobRequest) -> str:
         """Submit the job spec with the request's data, parameters and tags; returns the job name.

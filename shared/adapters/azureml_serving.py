@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from shared.adapters.azureml_compute import azure_errors, describe, ml_client, redact
+from shared.adapters.azureml_compute import Workspace, azure_errors, describe, redact
 from shared.errors import PermanentError, TransientError
 from shared.ports import Deployment, Readiness
 
@@ -54,7 +54,7 @@ def _state(resource: object) -> str:
     return str(getattr(value, "value", value) or "")
 
 
-class AzureMLServing:
+class AzureMLServing(Workspace):
     """The ``Serving`` port on Azure ML managed online endpoints, blue/green."""
 
     def __init__(
@@ -70,26 +70,11 @@ class AzureMLServing:
         endpoint_timeout: float = 300.0,
         route_timeout: float = 120.0,
     ) -> None:
-        self.subscription_id = subscription_id
-        self.resource_group = resource_group
-        self.workspace = workspace
+        Workspace.__init__(self, subscription_id, resource_group, workspace, credential, client)
         self.instance_type = instance_type
         self.instance_count = instance_count
         self.endpoint_timeout = endpoint_timeout
         self.route_timeout = route_timeout
-        self._credential = credential
-        self._client = client
-        self._lock = threading.Lock()
-
-    def _ml(self) -> MLClient:
-        # Built on first use: importing azure.ai.ml costs seconds that a cold start should not pay.
-        with self._lock:
-            if self._client is None:
-                with azure_errors(f"Azure ML workspace {self.workspace}", self.workspace):
-                    self._client = ml_client(
-                        self.subscription_id, self.resource_group, self.workspace, self._credential
-                    )
-            return self._client
 
     def _errors(self, what: str) -> contextlib.AbstractContextManager[None]:
         return azure_errors(f"{what} (workspace {self.workspace})", self.workspace)

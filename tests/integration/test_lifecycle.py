@@ -480,12 +480,13 @@ def _stop(stack: Stack) -> tuple[list[str], list[str]]:
     return not_stopped, ended
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    state = tmp_path_factory.mktemp("lifecycle") / "state"
+@contextlib.contextmanager
+def running_stack(state: Path, app: str | None = None) -> Iterator[Stack]:
+    """``signalbox host --with-mlflow`` in STATE, driven from outside; every process it started is gone after."""
     state.mkdir()
     log_path = state.parent / "host.log"
     port = free_port()
+    app_args = ["--app", app] if app else []
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
@@ -494,6 +495,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "signalbox.cli",
                 "host",
                 "--with-mlflow",
+                *app_args,
                 "--port",
                 str(port),
                 "--state-dir",
@@ -518,10 +520,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             return None
 
         stack.mlflow_url = stack.wait("the embedded default to start", ready, timeout=120, watch=False)
-        for model in BASELINES:
-            stack.land(model + "/", "batch-001.csv", "small", seed=11)
-        for model in BASELINES:
-            stack.wait_event(model, "VersionEvaluated", version="1")
         yield stack
     finally:
         not_stopped, ended = _stop(stack)
@@ -529,6 +527,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         left = _ours(state)
         assert not left, f"processes still running after the teardown: {left}"
         assert not not_stopped, f"the host did not stop these on SIGTERM: {not_stopped}"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("lifecycle") / "state") as running:
+        for model in BASELINES:
+            running.land(model + "/", "batch-001.csv", "small", seed=11)
+        for model in BASELINES:
+            running.wait_event(model, "VersionEvaluated", version="1")
+        yield running
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -12,10 +12,8 @@ browser tests skip, except under CI (``CI=true``), where they must run and so fa
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -29,8 +27,7 @@ import pytest
 import requests
 
 from functions import ops_page
-from tests.hosting import REPO, free_port
-from tests.integration.test_lifecycle import BANNER, STEP_TIMEOUT, Stack, _clean_env, _ours, _stop
+from tests.integration.test_lifecycle import STEP_TIMEOUT, Stack, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -328,51 +325,8 @@ def test_page_renders_registry_strings_as_text_and_posts_approvals(browser: Any,
 @pytest.fixture(scope="module")
 def ops_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """``signalbox host --with-mlflow`` serving tests.apps.ops_page_app (as test_lifecycle.py's stack)."""
-    state = tmp_path_factory.mktemp("ops-page") / "state"
-    state.mkdir()
-    log_path = state.parent / "host.log"
-    port = free_port()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "signalbox.cli",
-                "host",
-                "--with-mlflow",
-                "--app",
-                "tests.apps.ops_page_app:app",
-                "--port",
-                str(port),
-                "--state-dir",
-                str(state),
-            ],
-            cwd=REPO,
-            env=_clean_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    stack = Stack(process=process, url=f"http://127.0.0.1:{port}", state=state, log_path=log_path)
-    try:
-
-        def ready() -> str | None:
-            found = BANNER.search(log_path.read_text(errors="replace"))
-            if found is None or not (state / "host-keys.json").exists():
-                return None
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{stack.url}/admin/host/status", params={"code": stack.master_key}, timeout=5).ok:
-                    return found.group(1)
-            return None
-
-        stack.mlflow_url = stack.wait("the embedded default to start", ready, timeout=120, watch=False)
+    with running_stack(tmp_path_factory.mktemp("ops-page") / "state", app="tests.apps.ops_page_app:app") as stack:
         yield stack
-    finally:
-        not_stopped, ended = _stop(stack)
-        print(f"\nteardown ended: {ended}", file=sys.stderr)
-        left = _ours(state)
-        assert not left, f"processes still running after the teardown: {left}"
-        assert not not_stopped, f"the host did not stop these on SIGTERM: {not_stopped}"
 
 
 def test_ops_endpoints_need_the_admin_key(ops_stack: Stack) -> None:
