@@ -322,5 +322,7 @@ def ensure_model_version_webhook(tracking_uri: str, name: str, url: str, secret:
     )
     # Log where it points without userinfo or query, either of which may carry a credential.
     parts = urllib.parse.urlsplit(url)
-    _log.info("created MLflow webhook %r -> %s://%s%s", name, parts.scheme, parts.hostname, parts.path)
+    # Host and port only: a URL may carry user:password or a ?code= key.
+    where = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+    _log.info("created MLflow webhook %r -> %s://%s%s", name, parts.scheme, where, parts.path)
     return str(created.webhook_id)
