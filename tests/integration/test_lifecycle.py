@@ -481,7 +481,7 @@ def _stop(stack: Stack) -> tuple[list[str], list[str]]:
 
 
 @contextlib.contextmanager
-def running_stack(state: Path, app: str | None = None) -> Iterator[Stack]:
+def running_stack(state: Path, app: str | None = None, catalogue: Path | None = None) -> Iterator[Stack]:
     """``signalbox host --with-mlflow`` in STATE, driven from outside; every process it started is gone after."""
     state.mkdir()
     log_path = state.parent / "host.log"
@@ -502,7 +502,7 @@ def running_stack(state: Path, app: str | None = None) -> Iterator[Stack]:
                 str(state),
             ],
             cwd=REPO,
-            env=_clean_env(),
+            env={**_clean_env(), **({"SIGNALBOX_CATALOGUE": str(catalogue)} if catalogue else {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
