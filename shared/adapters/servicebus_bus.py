@@ -86,6 +86,22 @@ class _Sender:
     closed: bool = False
 
 
+def servicebus_client(
+    namespace: str, connection_string: str | None, credential: Any, retry_total: int
+) -> tuple[Any, Any]:
+    """A ``ServiceBusClient`` from a connection string, or for the namespace with a credential
+    (``DefaultAzureCredential`` when none is given); returns it with the credential used."""
+    from azure.servicebus import ServiceBusClient
+
+    if connection_string:
+        return ServiceBusClient.from_connection_string(connection_string, retry_total=retry_total), None
+    if credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    return ServiceBusClient(namespace, credential, retry_total=retry_total), credential
+
+
 class ServiceBusBus:
     """Sends commands to Azure Service Bus queues: one client per adapter, one sender per queue."""
 
@@ -206,21 +222,11 @@ class ServiceBusBus:
             if self._client_factory is not None:
                 self._client = self._client_factory()
             else:
-                from azure.servicebus import ServiceBusClient
-
-                if self._connection_string:
-                    self._client = ServiceBusClient.from_connection_string(
-                        self._connection_string, retry_total=self._retry_total
-                    )
-                    log.info("Service Bus client for namespace %s (connection string)", self.namespace)
-                else:
-                    credential = self._credential
-                    if credential is None:
-                        from azure.identity import DefaultAzureCredential
-
-                        credential = self._credential = DefaultAzureCredential()
-                    self._client = ServiceBusClient(self.namespace, credential, retry_total=self._retry_total)
-                    log.info("Service Bus client for namespace %s (%s)", self.namespace, type(credential).__name__)
+                self._client, self._credential = servicebus_client(
+                    self.namespace, self._connection_string, self._credential, self._retry_total
+                )
+                how = "connection string" if self._connection_string else type(self._credential).__name__
+                log.info("Service Bus client for namespace %s (%s)", self.namespace, how)
         return self._client
 
     def _sender(self, queue: str) -> _Sender:

@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from shared.adapters.servicebus_bus import servicebus_client
 from shared.deadletters import DeadLetter, ReplayMessage, replay_count_of
 
 __all__ = ["ServiceBusDeadLetters", "to_dead_letter"]
@@ -275,19 +276,10 @@ class ServiceBusDeadLetters:
                 if self._client_factory is not None:
                     self._client = self._client_factory()
                 else:
-                    from azure.servicebus import ServiceBusClient
-
-                    if self._connection_string:
-                        self._client = ServiceBusClient.from_connection_string(
-                            self._connection_string, retry_total=self._retry_total
-                        )
-                    else:
-                        credential = self._credential
-                        if credential is None:
-                            from azure.identity import DefaultAzureCredential
-
-                            credential = self._credential = DefaultAzureCredential()
-                        self._client = ServiceBusClient(
-                            str(self.fully_qualified_namespace), credential, retry_total=self._retry_total
-                        )
+                    self._client, self._credential = servicebus_client(
+                        str(self.fully_qualified_namespace),
+                        self._connection_string,
+                        self._credential,
+                        self._retry_total,
+                    )
             return self._client
