@@ -522,8 +522,10 @@ def deploy(envelope: Envelope, svc: Services) -> str:
         svc.events.publish("BatchScoringStarted", model.name, {"version": version.version, "run_id": run_id})
         return "batch"
     previous = svc.serving.current(endpoint)
-    if previous is not None and previous.version == version.version:
+    if previous is not None and previous.version == version.version and not command.candidate_slot:
         # An earlier delivery moved the traffic and failed before recording it: record it now.
+        # (A readiness check may also see the version routed: a new cloud endpoint sends all its
+        # traffic to its first deployment, which must still pass the smoke test below.)
         url = svc.serving.endpoint_url(endpoint)
         deployment: dict[str, object] = {"mode": "real_time", "endpoint": endpoint, "url": url, "slot": previous.slot}
         _make_production(svc, model.name, version.version, envelope, deployment)
