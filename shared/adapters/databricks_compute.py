@@ -134,11 +134,11 @@ class LazyWorkspace:
     def __init__(
         self,
         *,
-        host: str | None,
-        token: str | None,
-        client: Any,
-        retry_timeout_seconds: int,
-        http_timeout_seconds: float,
+        host: str | None = None,
+        token: str | None = None,
+        client: Any = None,
+        retry_timeout_seconds: int = DEFAULT_RETRY_TIMEOUT_SECONDS,
+        http_timeout_seconds: float = DEFAULT_HTTP_TIMEOUT_SECONDS,
     ) -> None:
         self._given = client
         self._options = {
@@ -264,24 +264,6 @@ class DatabricksCompute(LazyWorkspace):
     """Runs training and scoring jobs as Databricks job runs."""
 
     backend = "databricks"
-
-    def __init__(
-        self,
-        *,
-        host: str | None = None,
-        token: str | None = None,
-        client: Any = None,
-        retry_timeout_seconds: int = DEFAULT_RETRY_TIMEOUT_SECONDS,
-        http_timeout_seconds: float = DEFAULT_HTTP_TIMEOUT_SECONDS,
-    ) -> None:
-        LazyWorkspace.__init__(
-            self,
-            host=host,
-            token=token,
-            client=client,
-            retry_timeout_seconds=retry_timeout_seconds,
-            http_timeout_seconds=http_timeout_seconds,
-        )
 
     def _errors(self, action: str, not_found: str) -> AbstractContextManager[None]:
         return sdk_errors(action, not_found=not_found, secrets=self._secrets)

@@ -7,7 +7,6 @@ JSON ``{"error": {"code", "message"}}`` body with 400, 401, 404, 413, 429 or 503
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import json
 import logging
 import re
@@ -28,6 +27,7 @@ from azure.core.exceptions import ClientAuthenticationError
 from shared.adapters.eventgrid_events import LIFECYCLE_EVENT_TYPES, EventGridLifecycleEvents
 from shared.adapters.local_landing import LocalLifecycleEvents
 from shared.errors import PermanentError, TransientError
+from tests.tls import self_signed_certificate
 
 KEY = "sb0xTopicKey+NotReal/ButNeverLogIt=="
 CLOUDEVENTS_BATCH = "application/cloudevents-batch+json; charset=utf-8"
@@ -95,33 +95,8 @@ def topic() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    folder = tmp_path_factory.mktemp("tls")
-    cert_path, key_path = folder / "topic.pem", folder / "topic.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
