@@ -116,7 +116,11 @@ def _compute(backend: str, settings: Settings, tracking: str) -> Compute:
     if backend == "databricks":
         from shared.adapters.databricks_compute import DatabricksCompute
 
-        return DatabricksCompute(host=settings.databricks_host or None, token=settings.databricks_token or None)
+        return DatabricksCompute(
+            host=settings.databricks_host or None,
+            token=settings.databricks_token or None,
+            http_timeout_seconds=settings.databricks_http_timeout_seconds,
+        )
     if backend == "azureml":
         from shared.adapters.azureml_compute import AzureMLCompute
 
@@ -134,7 +138,11 @@ def _serving(settings: Settings, tracking: str, registry_uri: str | None) -> Ser
     if settings.serving == "databricks":
         from shared.adapters.databricks_serving import DatabricksServing
 
-        return DatabricksServing(host=settings.databricks_host or None, token=settings.databricks_token or None)
+        return DatabricksServing(
+            host=settings.databricks_host or None,
+            token=settings.databricks_token or None,
+            http_timeout_seconds=settings.databricks_http_timeout_seconds,
+        )
     if settings.serving == "azureml":
         from shared.adapters.azureml_serving import AzureMLServing
 

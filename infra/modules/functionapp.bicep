@@ -128,6 +128,9 @@ param pollMaxSeconds string
 @description('SIGNALBOX_POLL_MAX_ATTEMPTS.')
 param pollMaxAttempts int
 
+@description('SIGNALBOX_DATABRICKS_HTTP_TIMEOUT_SECONDS: how long one Databricks API call may take.')
+param databricksHttpTimeoutSeconds int = 60
+
 @description('SIGNALBOX_CODE_COMMIT: the commit being deployed (set by the deploy workflow).')
 param codeCommit string
 
@@ -280,6 +283,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     SIGNALBOX_POLL_INITIAL_SECONDS: pollInitialSeconds
     SIGNALBOX_POLL_MAX_SECONDS: pollMaxSeconds
     SIGNALBOX_POLL_MAX_ATTEMPTS: string(pollMaxAttempts)
+    SIGNALBOX_DATABRICKS_HTTP_TIMEOUT_SECONDS: string(databricksHttpTimeoutSeconds)
     SIGNALBOX_CODE_COMMIT: codeCommit
     SIGNALBOX_CODE_REPOSITORY: codeRepository
   }
