@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=0, help="host port (default: a free one)")
     demo.add_argument("--keep", action="store_true", help="leave the host and servers running at the end")
 
+    chaos = commands.add_parser(
+        "chaos", help="the fault-injection run: many lifecycles while backends fail and the host is killed"
+    )
+    from signalbox.chaos.run import build_parser as chaos_options
+
+    chaos_options(chaos)
+
     send = commands.add_parser("send", help="fire a well-formed event at a running host")
     kinds = send.add_subparsers(dest="kind", required=True)
     blob = kinds.add_parser("blob", help="land a file and deliver its BlobCreated event")
@@ -116,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         from signalbox.demo import run_demo
 
         return run_demo(state_dir=args.state_dir, port=args.port, keep=args.keep)
+    if args.command == "chaos":
+        from signalbox.chaos.run import config_from, run_chaos
+
+        return run_chaos(config_from(args))
     from signalbox import client
 
     try:
