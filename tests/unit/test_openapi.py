@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from functools import cache
 from typing import Any
 
 import pytest
 
+from tests.app_functions import registered_functions
 from tests.hosting import REPO
 
 SPEC_PATH = REPO / "docs" / "openapi.json"
@@ -28,34 +27,6 @@ SECURITY = {
     "function": [{"functionKeyHeader": []}, {"functionKeyQuery": []}],
     "admin": [{"adminKeyHeader": []}, {"adminKeyQuery": []}],
 }
-
-# get_functions() may run only once per app object (a second call raises ValueError), and other tests
-# index the app too: read the registrations in a fresh interpreter.
-_LIST_FUNCTIONS = """
-import json, azure.functions as func, function_app
-out = []
-for f in function_app.app.get_functions():
-    t = f.get_trigger()
-    level = getattr(t, "auth_level", None)
-    out.append({
-        "name": f.get_function_name(),
-        "trigger": t.get_dict_repr()["type"],
-        "route": getattr(t, "route", None),
-        "methods": sorted(str(getattr(m, "value", m)) for m in (getattr(t, "methods", None) or [])),
-        "auth": None if level is None else
-            {func.AuthLevel.ANONYMOUS: "anonymous", func.AuthLevel.FUNCTION: "function",
-             func.AuthLevel.ADMIN: "admin"}[level],
-    })
-print(json.dumps(out))
-"""
-
-
-@cache
-def registered() -> list[dict[str, Any]]:
-    done = subprocess.run(
-        [sys.executable, "-c", _LIST_FUNCTIONS], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
-    )
-    return list(json.loads(done.stdout))
 
 
 @cache
@@ -75,7 +46,7 @@ def openapi_path(route: str) -> str:
 
 
 def http_functions() -> list[dict[str, Any]]:
-    return [f for f in registered() if f["trigger"] == "httpTrigger"]
+    return [f for f in registered_functions() if f["trigger"] == "httpTrigger"]
 
 
 def test_every_http_function_is_described_and_nothing_else():
@@ -109,7 +80,8 @@ def test_operation_matches_the_function(function):
 def test_event_grid_endpoint_lists_the_event_grid_functions():
     op = operations()[("/runtime/webhooks/EventGrid", "post")]
     (function_name,) = [p for p in op["parameters"] if p["name"] == "functionName"]
-    assert function_name["schema"]["enum"] == [f["name"] for f in registered() if f["trigger"] == "eventGridTrigger"]
+    event_grid = [f["name"] for f in registered_functions() if f["trigger"] == "eventGridTrigger"]
+    assert function_name["schema"]["enum"] == event_grid
     assert op["security"] == [{"systemKeyQuery": []}, {"systemKeyHeader": []}]
 
 
