@@ -4,7 +4,7 @@ Each sample is a fresh Python process (so nothing is cached in memory but the OS
 cache); the figure is the median of the in-process wall time of the import (and, for
 the app, ``app.get_functions()``, which is what the host's indexing calls). Goal: at most 1.3x.
 
-    python bench/cold_start.py [--runs 15]
+    python bench/cold_start.py [--runs 15]     (or, in the whole suite: python -m bench)
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,26 +48,52 @@ def sample(code: str) -> dict[str, object]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+@dataclass(frozen=True)
+class ColdStart:
+    """Median seconds of each side over ``runs`` fresh processes, and what the app's import pulled in."""
+
+    runs: int
+    baseline_seconds: float
+    app_seconds: float
+    functions: int
+    heavy: list[str]
+
+    @property
+    def ratio(self) -> float:
+        """App over baseline."""
+        return self.app_seconds / self.baseline_seconds
+
+
+def measure(runs: int) -> ColdStart:
+    """Sample both sides ``runs`` times, interleaved so drift in machine load hits both alike."""
+    sample(BASELINE)  # warm the OS file cache for both
+    sample(APP)
+    baseline, app, last = [], [], {}
+    for _ in range(runs):
+        baseline.append(float(sample(BASELINE)["seconds"]))  # type: ignore[arg-type]
+        last = sample(APP)
+        app.append(float(last["seconds"]))  # type: ignore[arg-type]
+    return ColdStart(
+        runs=runs,
+        baseline_seconds=statistics.median(baseline),
+        app_seconds=statistics.median(app),
+        functions=int(last["functions"]),  # type: ignore[call-overload]
+        heavy=list(last["heavy"]),  # type: ignore[call-overload]
+    )
+
+
 def main() -> int:
     """Print the medians and the ratio; exit 1 when the app imports a heavy SDK."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=15)
-    runs = parser.parse_args().runs
-    sample(BASELINE)  # warm the OS file cache for both
-    sample(APP)
-    baseline, app, last = [], [], {}
-    for _ in range(runs):  # interleaved so drift in machine load hits both alike
-        baseline.append(float(sample(BASELINE)["seconds"]))  # type: ignore[arg-type]
-        last = sample(APP)
-        app.append(float(last["seconds"]))  # type: ignore[arg-type]
-    base_ms, app_ms = statistics.median(baseline) * 1000, statistics.median(app) * 1000
-    ratio = app_ms / base_ms
-    print(f"runs: {runs} fresh processes each (median)")
+    result = measure(parser.parse_args().runs)
+    base_ms, app_ms = result.baseline_seconds * 1000, result.app_seconds * 1000
+    print(f"runs: {result.runs} fresh processes each (median)")
     print(f"import azure.functions:                 {base_ms:7.1f} ms")
-    print(f"import function_app + get_functions():  {app_ms:7.1f} ms  ({last['functions']} functions)")
-    print(f"ratio: {ratio:.2f}x  (goal <= {GOAL}x: {'met' if ratio <= GOAL else 'NOT met'})")
-    print(f"heavy modules imported at indexing: {last['heavy'] or 'none'}")
-    return 1 if last["heavy"] else 0
+    print(f"import function_app + get_functions():  {app_ms:7.1f} ms  ({result.functions} functions)")
+    print(f"ratio: {result.ratio:.2f}x  (goal <= {GOAL}x: {'met' if result.ratio <= GOAL else 'NOT met'})")
+    print(f"heavy modules imported at indexing: {result.heavy or 'none'}")
+    return 1 if result.heavy else 0
 
 
 if __name__ == "__main__":
