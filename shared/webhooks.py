@@ -167,7 +167,8 @@ def verify_mlflow(
         raise WebhookRejected(401, f"missing {MLFLOW_TIMESTAMP_HEADER} header")
     if len(delivery_id) > _MAX_ID_LENGTH or not delivery_id.isprintable():
         raise WebhookRejected(401, f"malformed {MLFLOW_DELIVERY_ID_HEADER} header")
-    if not timestamp.isascii() or not timestamp.isdigit():
+    # Seconds since the epoch; more digits cannot be a time and would overflow the comparison below.
+    if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
         raise WebhookRejected(401, f"malformed {MLFLOW_TIMESTAMP_HEADER} header")
 
     # Signing the raw bytes equals MLflow's str.encode("utf-8") of the joined string.
@@ -250,8 +251,14 @@ def verify_github(headers: Mapping[str, str], body: bytes, secret: str) -> None:
     if scheme != "sha256" or not provided:
         raise WebhookRejected(401, f"malformed {GITHUB_SIGNATURE_HEADER} header")
     expected = _hmac_sha256(secret, body).hex()
-    if not hmac.compare_digest(expected, provided.lower()):
+    if not _same_hex(expected, provided):
         raise WebhookRejected(401, "signature does not match")
+
+
+def _same_hex(expected: str, provided: str) -> bool:
+    """Constant-time comparison of hex digests; any non-ASCII header text is simply a mismatch."""
+    # compare_digest raises TypeError for non-ASCII str: compare bytes so such a header is a 401.
+    return hmac.compare_digest(expected.encode(), provided.lower().encode("utf-8", "replace"))
 
 
 @dataclass(frozen=True)
@@ -411,7 +418,7 @@ def verify_databricks(headers: Mapping[str, str], body: bytes, secret: str) -> N
     if signature is None:
         raise WebhookRejected(401, f"missing {DATABRICKS_SIGNATURE_HEADER} header")
     expected = _hmac_sha256(secret, body).hex()
-    if not hmac.compare_digest(expected, signature.lower()):
+    if not _same_hex(expected, signature):
         raise WebhookRejected(401, "signature does not match")
 
 

@@ -12,6 +12,16 @@ from typing import Any
 from signalbox import dlq
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def _add_state(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
@@ -42,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     host.add_argument("--app", default="function_app:app", help="MODULE:ATTRIBUTE of the FunctionApp")
     host.add_argument("--script-root", type=Path, default=Path("."), help="folder with host.json and the app")
     host.add_argument("--functions", nargs="+", default=[], help="run only these functions")
+    host.add_argument(
+        "--request-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="a client must send headers and the whole body within this, else 408 (default 30)",
+    )
     host.add_argument(
         "--with-mlflow",
         action="store_true",
@@ -113,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             app_spec=args.app,
             auth=not args.no_auth,
             only=tuple(args.functions),
+            request_timeout=args.request_timeout,
         )
         if args.with_mlflow:
             from signalbox.embedded import run_embedded

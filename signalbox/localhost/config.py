@@ -153,16 +153,26 @@ class HostKeys:
         return keys, True
 
     def allows(self, level: str, given: str | None, *, system: bool = False) -> bool:
-        """Whether ``given`` opens an endpoint of auth ``level``; compared in constant time."""
+        """Whether ``given`` opens an endpoint of auth ``level`` (``system``: an extension webhook); constant time."""
         if level == "anonymous":
             return True
         if not given:
             return False
         accepted = [self.master]
-        if level == "function":
-            accepted.append(self.function_default)
         if system:
+            # As in Azure: an extension's webhook takes its system key (or the master key), not a
+            # function key, which approvers and job notifications hold.
             accepted.append(self.event_grid)
+        elif level == "function":
+            accepted.append(self.function_default)
         # Compare against every key so the time taken does not reveal which one matched.
         matches = [secrets.compare_digest(given.encode(), key.encode()) for key in accepted]
         return any(matches)
+
+
+_KEY_IN_QUERY = re.compile(r"([?&]code=)[^&#\s]*", re.IGNORECASE)
+
+
+def redact_keys(text: str) -> str:
+    """``text`` with the value of every ``code=`` query parameter (a host key) replaced, for logs and errors."""
+    return _KEY_IN_QUERY.sub(r"\1<redacted>", text)

@@ -30,6 +30,7 @@ from signalbox.localhost.config import (
     HostConfigError,
     HostKeys,
     load_local_settings,
+    redact_keys,
 )
 from signalbox.localhost.index import EVENT_GRID, HTTP, SERVICE_BUS, TIMER, HostedFunction, index_functions, load_app
 from signalbox.localhost.triggers import QueuePump, TimerRunner, invoke_event_grid
@@ -38,6 +39,7 @@ log = logging.getLogger("signalbox.host")
 
 MAX_EVENT_GRID_BODY = 1024 * 1024  # Event Grid caps an event and a batch at 1 MB
 MAX_HTTP_BODY = 100 * 1024 * 1024  # the Functions host's default maxRequestLength
+REQUEST_TIMEOUT_SECONDS = 30.0  # headers, a whole body, an idle keep-alive connection
 HOST_VERSION = "4.0-signalbox-local"
 
 
@@ -52,6 +54,9 @@ class HostSettings:
     app_spec: str = "function_app:app"
     auth: bool = True
     only: tuple[str, ...] = ()  # run just these functions, like `func start --functions`
+    # A client slower than this (headers, whole body) gets 408 and is disconnected, so a lying
+    # Content-Length or a trickled body cannot hold a thread forever.
+    request_timeout: float = REQUEST_TIMEOUT_SECONDS
 
 
 @dataclass
@@ -144,13 +149,11 @@ class LocalHost:
         print(f"State dir: {self.settings.state_dir}", file=out)
         if not self.settings.auth:
             print("Auth is off (--no-auth): keys are not checked, as with Core Tools.", file=out)
-        elif self.keys_created:
-            print("Generated host keys (stored in host-keys.json in the state dir, printed once):", file=out)
-            print(f"  function key (default): {self.keys.function_default}", file=out)
-            print(f"  admin (master) key:     {self.keys.master}", file=out)
-            print(f"  Event Grid system key:  {self.keys.event_grid}", file=out)
         else:
-            print(f"Keys: {self.settings.state_dir / 'host-keys.json'}", file=out)
+            # Only where the keys are: host output ends up in logs, and a key must never.
+            made = "generated into" if self.keys_created else "in"
+            keys_file = self.settings.state_dir / "host-keys.json"
+            print(f"Keys (function, admin, Event Grid system): {made} {keys_file}", file=out)
         print("\nFunctions:", file=out)
         prefix = f"/{self.config.route_prefix}" if self.config.route_prefix else ""
         for f in self.functions.values():
@@ -180,9 +183,12 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "SignalboxLocalHost/1.0"
         protocol_version = "HTTP/1.1"
+        # Socket read timeout: request line and headers, and idle keep-alive connections.
+        timeout = host.settings.request_timeout
 
         def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s - %s", self.address_string(), format % args)
+            # The request line carries ?code=<key> when a caller authenticates in the URL.
+            log.debug("%s - %s", self.address_string(), redact_keys(format % args))
 
         def do_GET(self) -> None:
             self._dispatch("GET")
@@ -241,18 +247,46 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
             if length > limit:
                 self.close_connection = True
                 raise _Reply(413, f"request body of {length} bytes is over the limit of {limit} bytes")
-            return self.rfile.read(length) if length else b""
+            return self._read_exactly(length) if length else b""
+
+        def _read_exactly(self, length: int) -> bytes:
+            # One deadline for the whole body: a per-read timeout alone lets a trickle go on forever.
+            budget = host.settings.request_timeout
+            deadline = time.monotonic() + budget
+            chunks: list[bytes] = []
+            remaining = length
+            try:
+                while remaining:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    self.connection.settimeout(left)
+                    chunk = self.rfile.read1(min(remaining, 1 << 16))
+                    if not chunk:
+                        self.close_connection = True
+                        raise _Reply(400, f"the body ended after {length - remaining} of {length} bytes")
+                    chunks.append(chunk)
+                    remaining -= len(chunk)
+            except TimeoutError:
+                self.close_connection = True
+                raise _Reply(
+                    408, f"got {length - remaining} of {length} body bytes in {budget:g} s; send the whole body"
+                ) from None
+            finally:
+                self.connection.settimeout(self.timeout)
+            return b"".join(chunks)
 
         def _key(self, query: dict[str, str]) -> str | None:
             return self.headers.get("x-functions-key") or query.get("code")
 
         def _require(self, level: str, query: dict[str, str], *, system: bool = False) -> None:
             if host.settings.auth and not host.keys.allows(level, self._key(query), system=system):
-                raise _Reply(
-                    401,
-                    f"this endpoint needs a{'n' if level == 'admin' else ''} {level} key "
-                    "(x-functions-key header or code query parameter)",
+                needed = (
+                    "the Event Grid system key or the admin key"
+                    if system
+                    else f"a{'n' if level == 'admin' else ''} {level} key"
                 )
+                raise _Reply(401, f"this endpoint needs {needed} (x-functions-key header or code query parameter)")
 
         def _dispatch(self, method: str) -> None:
             try:
@@ -278,7 +312,7 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
             except (ConnectionError, TimeoutError):
                 self.close_connection = True
             except Exception:
-                log.error("host error on %s %s\n%s", method, self.path, traceback.format_exc())
+                log.error("host error on %s %s\n%s", method, redact_keys(self.path), traceback.format_exc())
                 self._error(500, "the local host failed to handle the request; see the host log")
 
         # -- HTTP triggers ----------------------------------------------------------------

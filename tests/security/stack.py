@@ -1,0 +1,150 @@
+"""The security tests' shared stack: one real ``signalbox host`` with every secret configured.
+
+A module of its own (not conftest.py) so the secrets are made once, whoever imports them.
+
+The host runs the app's HTTP and Event Grid functions only (no Service Bus pumps), so whatever an
+ingress enqueues stays in ``STATE_DIR/queues.sqlite3`` for the tests to count.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import sqlite3
+import subprocess
+import sys
+import urllib.parse
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.hosting import REPO, RunningHost
+
+TOLERANCE_SECONDS = 120  # SIGNALBOX_WEBHOOK_TOLERANCE_SECONDS of the host (the default is 300)
+REQUEST_TIMEOUT_SECONDS = 2.0  # the host's --request-timeout, short so slow-client tests stay fast
+
+
+def _fresh(prefix: str) -> str:
+    # Made up per run: no secret lives in the code, and each is easy to search for in logs.
+    return f"{prefix}{secrets.token_urlsafe(24)}"
+
+
+# Every secret setting Signalbox reads, set to a value that cannot make the run leave the machine:
+# the bus, events and serving stay local, so the cloud credentials are configured but never used.
+SECRETS: dict[str, str] = {
+    "SIGNALBOX_MLFLOW_WEBHOOK_SECRET": _fresh("mlflowsecret"),
+    "SIGNALBOX_GITHUB_WEBHOOK_SECRET": _fresh("githubsecret"),
+    "SIGNALBOX_DATABRICKS_WEBHOOK_SECRET": _fresh("dbxsecret"),
+    "DATABRICKS_TOKEN": "dapi" + secrets.token_hex(16),
+    "SIGNALBOX_EVENTGRID_KEY": _fresh("egtopickey"),
+    "ServiceBusConnection": "Endpoint=sb://127.0.0.1/;SharedAccessKeyName=RootManageSharedAccessKey;"
+    f"SharedAccessKey={_fresh('sbkey')}",
+}
+
+
+def secret_forms(value: str) -> set[str]:
+    """A secret as it could leak: plain, base64, URL-encoded, hex of its bytes."""
+    raw = value.encode()
+    return {
+        value,
+        base64.b64encode(raw).decode(),
+        base64.urlsafe_b64encode(raw).decode().rstrip("="),
+        urllib.parse.quote(value, safe=""),
+        urllib.parse.quote_plus(value),
+        raw.hex(),
+    }
+
+
+def leaks(text: str, values: dict[str, str]) -> list[str]:
+    """Names of the secrets (in any form of :func:`secret_forms`) that ``text`` contains."""
+    return sorted(name for name, value in values.items() if any(form in text for form in secret_forms(value)))
+
+
+_LIST_FUNCTIONS = """
+import json, azure.functions as func, function_app
+levels = {func.AuthLevel.ANONYMOUS: "anonymous", func.AuthLevel.FUNCTION: "function", func.AuthLevel.ADMIN: "admin"}
+out = []
+for f in function_app.app.get_functions():
+    t = f.get_trigger()
+    level = getattr(t, "auth_level", None)
+    out.append({
+        "name": f.get_function_name(),
+        "trigger": t.get_dict_repr()["type"],
+        "route": getattr(t, "route", None),
+        "methods": sorted(str(getattr(m, "value", m)) for m in (getattr(t, "methods", None) or [])),
+        "auth": None if level is None else levels[level],
+    })
+print(json.dumps(out))
+"""
+
+
+@cache
+def registered_functions() -> list[dict[str, Any]]:
+    """The app's functions as ``app.get_functions()`` reports them.
+
+    ``get_functions`` may run once per app object and other tests index the app too: ask a fresh
+    interpreter. An auth level outside the three enum members fails here (KeyError), not silently.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", _LIST_FUNCTIONS], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
+    return list(json.loads(done.stdout))
+
+
+def http_functions() -> list[dict[str, Any]]:
+    """The app's HTTP-triggered functions."""
+    return [f for f in registered_functions() if f["trigger"] == "httpTrigger"]
+
+
+def event_grid_functions() -> list[str]:
+    """Names of the app's Event Grid-triggered functions."""
+    return [f["name"] for f in registered_functions() if f["trigger"] == "eventGridTrigger"]
+
+
+def enqueued(state: Path) -> int:
+    """Every message in the local queues, dead letters included (0 before the first send)."""
+    path = state / "queues.sqlite3"
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path) as conn:
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+        except sqlite3.OperationalError:  # the table is made on the first send
+            return 0
+
+
+@dataclass
+class SecureHost:
+    """A running host with every secret configured, and what the tests need to talk to it."""
+
+    host: RunningHost
+    state: Path
+
+    @property
+    def url(self) -> str:
+        return self.host.url
+
+    @property
+    def all_secrets(self) -> dict[str, str]:
+        """The configured secrets and the host's own keys."""
+        return {
+            **SECRETS,
+            "masterKey": self.host.master,
+            "functionKey": self.host.function_key,
+            "eventGridKey": self.host.event_grid_key,
+        }
+
+    def enqueued(self) -> int:
+        return enqueued(self.state)
+
+    def invocations(self, function: str) -> int:
+        """How many times the host ran ``function`` (succeeded or failed)."""
+        status = requests.get(
+            f"{self.url}/admin/host/status", headers={"x-functions-key": self.host.master}, timeout=10
+        ).json()
+        counts: dict[str, int] = status["invocations"]
+        return sum(n for key, n in counts.items() if key.rsplit(":", 1)[0] == function)
