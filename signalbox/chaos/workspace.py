@@ -31,9 +31,18 @@ One HTTP port (``Workspace.url``) serves three things, all state in memory behin
 half the time *after* (done, but the answer is lost). The host-metadata probe
 ``/.well-known/databricks-config`` (best effort in the SDK) and ``/chaos/*`` are never faulted.
 
-**Introspection** (``/chaos/*``): ``GET runs``, ``GET run-now-calls``, ``GET endpoints``,
-``GET faults`` and ``POST faults {"rate": r}``; shapes in the README of the chaos run
-(``Workspace.runs()`` etc. return the same documents in-process).
+**Introspection** (``/chaos/*``; ``Workspace.runs()`` etc. return the same documents in-process):
+
+- ``GET /chaos/runs``: a list, oldest first, of ``{run_id, job_id, idempotency_token, parameters,
+  tags (the signalbox.* parameters), state (PENDING, RUNNING, TERMINATING, SUCCESS, FAILED,
+  CANCELED), model_name, model_version, mlflow_run_id, quality, error, created_at, ended_at}``
+  (epoch seconds); a run past its time that nobody has read since still says RUNNING.
+- ``GET /chaos/run-now-calls``: ``{count: served, received: faulted ones too, launched: new runs}``.
+- ``GET /chaos/endpoints``: ``{endpoint: {routes: {entity: pct}, entities: {entity: {model,
+  version, state, invocations}}, serving_version: the version at 100 % or null, config_update}}``,
+  from the applied config.
+- ``GET /chaos/faults``: ``{rate, requests, total, by_kind: {kind: n}, by_target: {databricks|mlflow:
+  {requests, faults, by_kind}}}``; ``POST /chaos/faults {"rate": r}`` sets the rate and answers it.
 
 The seed fixes the random sequences; which request draws which fault still depends on thread
 timing, so a run is reproducible in distribution, not request by request.

@@ -1,0 +1,394 @@
+"""The chaos run's fake workspace, driven by the real Databricks adapters and MLflow clients.
+
+``signalbox.chaos.workspace`` stands in for Databricks Jobs and Model Serving and proxies a real
+``mlflow server``; these tests check that the real adapters (through databricks-sdk) see the
+API they expect, that a run trains and registers exactly one version, that idempotency tokens
+hold when answers are lost, and that each injected fault reaches the adapters as a
+``TransientError``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from shared.adapters.databricks_compute import DatabricksCompute
+from shared.adapters.databricks_serving import DatabricksServing
+from shared.adapters.mlflow_evaluator import MlflowEvaluator
+from shared.errors import PermanentError, TransientError
+from shared.ports import Deployment, JobRequest, RunStatus
+from signalbox.chaos.synthetic import coefficient
+from signalbox.chaos.workspace import Workspace, quality_of
+from signalbox.mlflow_server import MlflowServer
+
+TOKEN = "dapi-chaos-contract-0123456789"
+MODEL = "chaos-contract"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_sdk(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No ambient Databricks, MLflow or proxy configuration reaches the clients."""
+    for name in list(os.environ):
+        if name.startswith(("DATABRICKS_", "ARM_", "MLFLOW_")) or name.lower() in ("http_proxy", "https_proxy"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-databrickscfg"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        with MlflowServer(tmp_path_factory.mktemp("chaos-mlflow")) as running:
+            yield running
+
+
+def make_workspace(server: MlflowServer, **options: Any) -> Workspace:
+    settings: dict[str, Any] = {
+        "job_seconds": 0.3,
+        "update_seconds": 0.2,
+        "stall_seconds": 0.6,
+        "seed": 5,
+        "token": TOKEN,
+    }
+    settings.update(options)
+    return Workspace(server.url, **settings)
+
+
+@pytest.fixture
+def workspace(mlflow_server: MlflowServer) -> Iterator[Workspace]:
+    with make_workspace(mlflow_server) as running:
+        yield running
+
+
+def compute_for(workspace: Workspace) -> DatabricksCompute:
+    # A short retry budget and call timeout: an injected failure surfaces within seconds.
+    return DatabricksCompute(host=workspace.url, token=TOKEN, retry_timeout_seconds=1, http_timeout_seconds=0.3)
+
+
+def serving_for(workspace: Workspace) -> DatabricksServing:
+    return DatabricksServing(host=workspace.url, token=TOKEN, retry_timeout_seconds=1, http_timeout_seconds=0.3)
+
+
+def job(key: str, *, quality: int | None = 57, model: str = MODEL, reference: str = "chaos-train") -> JobRequest:
+    return JobRequest(
+        model_name=model,
+        purpose="train",
+        job_reference=reference,
+        data_uri=f"file:///landing/{model}/lc-{key}-q{quality:03d}.csv" if quality is not None else None,
+        parameters={"alpha": "0.5"},
+        tags={"signalbox.correlation_id": f"corr-{key}", "signalbox.environment": "dev", "signalbox.reason": "landing"},
+        idempotency_key=f"msg-{key}",
+    )
+
+
+def until_finished(compute: DatabricksCompute, run_id: str, timeout: float = 30) -> RunStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = compute.status(run_id)
+        if status.finished:
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} did not finish within {timeout} s")
+
+
+def trained_version(workspace: Workspace, key: str, quality: int, model: str = MODEL) -> str:
+    compute = compute_for(workspace)
+    status = until_finished(compute, compute.launch(job(key, quality=quality, model=model)))
+    assert status.state == "succeeded", status
+    return status.outputs["model_version"]
+
+
+# -- jobs ------------------------------------------------------------------------------------------------
+
+
+def test_a_repeated_idempotency_key_launches_one_run(workspace: Workspace):
+    compute = compute_for(workspace)
+
+    first = compute.launch(job("0001"))
+    again = compute.launch(job("0001"))
+    other = compute.launch(job("0002"))
+
+    assert first == again != other
+    runs = workspace.runs()
+    assert [r["idempotency_token"] for r in runs] == ["msg-0001", "msg-0002"]
+    assert runs[0]["parameters"] == {
+        "alpha": "0.5",
+        "model_name": MODEL,
+        "data_uri": f"file:///landing/{MODEL}/lc-0001-q057.csv",
+        "signalbox.correlation_id": "corr-0001",
+        "signalbox.environment": "dev",
+        "signalbox.reason": "landing",
+    }
+    assert runs[0]["tags"] == {
+        "signalbox.correlation_id": "corr-0001",
+        "signalbox.environment": "dev",
+        "signalbox.reason": "landing",
+    }
+    assert workspace.run_now_calls() == {"count": 3, "received": 3, "launched": 2}
+    assert compute.status(first).state in ("pending", "running")
+
+
+def test_a_wrong_token_is_refused(workspace: Workspace):
+    stranger = DatabricksCompute(host=workspace.url, token="dapi-someone-else", retry_timeout_seconds=1)
+    with pytest.raises(PermanentError, match="rejected the credentials"):
+        stranger.launch(job("0001"))
+    assert workspace.runs() == []
+
+
+def test_a_run_trains_and_registers_exactly_one_version_with_the_jobs_tags(
+    workspace: Workspace, mlflow_server: MlflowServer, tmp_path: Path
+):
+    from mlflow import MlflowClient
+
+    compute = compute_for(workspace)
+    run_id = compute.launch(job("0003", quality=80))
+    assert compute.status(run_id).state == "pending"
+    time.sleep(0.35)  # past the job's 0.3 s: the next reads start the training
+    statuses: list[RunStatus] = []
+    readers = [threading.Thread(target=lambda: statuses.append(until_finished(compute, run_id))) for _ in range(6)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+
+    assert {s.state for s in statuses} == {"succeeded"}
+    outputs = statuses[0].outputs
+    assert set(outputs) == {"mlflow_run_id", "model_version", "databricks_run_id"}
+    client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
+    versions = client.search_model_versions(f"name = '{MODEL}'")
+    mine = [v for v in versions if v.run_id == outputs["mlflow_run_id"]]
+    assert [v.version for v in mine] == [outputs["model_version"]]  # once, though six readers raced
+    assert mine[0].tags == {
+        "signalbox.correlation_id": "corr-0003",
+        "signalbox.environment": "dev",
+        "signalbox.reason": "landing",
+    }
+    run = client.get_run(outputs["mlflow_run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == "chaos"
+    assert run.data.params["quality"] == "80" and run.data.params["alpha"] == "0.5"
+    assert run.data.tags["signalbox.correlation_id"] == "corr-0003"
+    (record,) = [r for r in workspace.runs() if str(r["run_id"]) == run_id]
+    assert (record["state"], record["model_version"], record["quality"]) == ("SUCCESS", outputs["model_version"], 80)
+
+    # The host's evaluator scores it through the proxy: rmse of (coef - 2) * x on x = 1..4.
+    dataset = tmp_path / "evaluation.csv"
+    dataset.write_text("x,target\n1,2\n2,4\n3,6\n4,8\n", encoding="utf-8")
+    scores = MlflowEvaluator(workspace.url).score(MODEL, outputs["model_version"], str(dataset), ["rmse"])
+    expected = (coefficient(80) - 2) * (sum(x * x for x in range(1, 5)) / 4) ** 0.5
+    assert scores["rmse"] == pytest.approx(expected)
+
+
+def test_the_registered_model_loads_in_another_process(workspace: Workspace, tmp_path: Path):
+    version = trained_version(workspace, "0004", quality=0)
+    script = (
+        "import mlflow.pyfunc, pandas as pd, sys\n"
+        f"model = mlflow.pyfunc.load_model('models:/{MODEL}/{version}')\n"
+        "print(list(model.predict(pd.DataFrame({'x': [1, 2.5]}))))\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": workspace.url}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[3.0, 7.5]"  # quality 0: coef 3
+
+
+def test_a_run_without_a_quality_in_its_data_draws_one_and_cancel_stops_a_run(workspace: Workspace):
+    compute = compute_for(workspace)
+    drawn = compute.launch(job("0005", quality=None))
+    cancelled = compute.launch(job("0006"))
+
+    compute.cancel(cancelled)
+
+    assert until_finished(compute, cancelled).state == "cancelled"
+    assert until_finished(compute, drawn).state == "succeeded"
+    by_id = {str(r["run_id"]): r for r in workspace.runs()}
+    assert by_id[cancelled]["state"] == "CANCELED" and by_id[cancelled]["model_version"] is None
+    assert 0 <= by_id[drawn]["quality"] <= 100
+    assert quality_of("abfss://landing@a.dfs.core.windows.net/m03/lc-0042-q57.csv", lambda: -1) == 57
+    assert quality_of("file:///squad/eq/data.csv", lambda: 42) == 42
+
+
+# -- serving -----------------------------------------------------------------------------------------------
+
+
+def test_blue_green_over_the_serving_api(workspace: Workspace):
+    serving = serving_for(workspace)
+    blue = trained_version(workspace, "0007", quality=90, model="chaos-serve")
+    green = trained_version(workspace, "0008", quality=100, model="chaos-serve")
+    payload = {"dataframe_split": {"columns": ["x"], "data": [[1.0], [2.0], [3.0]]}}
+
+    first = serving.start("chaos-serve", "chaos-serve", blue)
+    assert serving.readiness(first).state == "pending"
+    assert wait_ready(serving, first)
+    assert serving.invoke(first, payload) == {"predictions": pytest.approx([2.1, 4.2, 6.3])}
+    assert serving.current("chaos-serve") == Deployment(
+        "chaos-serve", "chaos-serve", blue, f"chaos-serve-{blue}", serving.endpoint_url("chaos-serve")
+    )
+
+    second = serving.start("chaos-serve", "chaos-serve", green)
+    assert serving.start("chaos-serve", "chaos-serve", green) == second  # a redelivery: already on its way
+    with pytest.raises(TransientError, match="another config update"):
+        serving.start("chaos-serve", "chaos-serve", "99")
+    assert wait_ready(serving, second)
+    assert workspace.endpoints()["chaos-serve"]["routes"] == {f"chaos-serve-{blue}": 100, f"chaos-serve-{green}": 0}
+    assert serving.invoke(second, payload) == {"predictions": [2.0, 4.0, 6.0]}
+
+    serving.route("chaos-serve", second)
+    settle(workspace, "chaos-serve")
+    serving.stop(first)
+    settle(workspace, "chaos-serve")
+
+    state = workspace.endpoints()["chaos-serve"]
+    assert state["routes"] == {f"chaos-serve-{green}": 100}
+    assert state["serving_version"] == green
+    assert state["entities"][f"chaos-serve-{green}"]["invocations"] == 1
+    stable = requests.post(
+        serving.endpoint_url("chaos-serve"), json=payload, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5
+    )
+    assert stable.json() == {"predictions": [2.0, 4.0, 6.0]}
+
+    serving.stop(second)  # its only entity: the endpoint goes
+    assert "chaos-serve" not in workspace.endpoints()
+    assert serving.current("chaos-serve") is None
+
+
+def wait_ready(serving: DatabricksServing, deployment: Deployment, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if serving.readiness(deployment).state == "ready":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def settle(workspace: Workspace, endpoint: str, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while workspace.endpoints()[endpoint]["config_update"] == "IN_PROGRESS":
+        assert time.monotonic() < deadline, "the config update never applied"
+        time.sleep(0.05)
+
+
+# -- faults -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "says"), [("429", "throttled"), ("500", None), ("502", None), ("503", None)])
+def test_every_injected_error_reaches_the_adapters_as_transient(
+    mlflow_server: MlflowServer, kind: str, says: str | None
+):
+    with make_workspace(mlflow_server, fault_rate=1.0, fault_kinds=[kind]) as workspace:
+        compute, serving = compute_for(workspace), serving_for(workspace)
+        began = time.monotonic()
+        with pytest.raises(TransientError, match=says):
+            compute.launch(job("0009"))
+        with pytest.raises(TransientError):
+            serving.current("chaos-serve")
+        assert time.monotonic() - began < 10
+        faults = workspace.faults()
+        assert faults["by_target"]["databricks"]["by_kind"][kind] == faults["total"] >= 2
+        assert workspace.run_now_calls()["launched"] == 0
+
+
+def test_a_lost_request_launches_nothing_and_a_lost_answer_keeps_its_one_run(mlflow_server: MlflowServer):
+    with make_workspace(mlflow_server, fault_rate=1.0, fault_kinds=["stall_before"]) as workspace:
+        with pytest.raises(TransientError):
+            compute_for(workspace).launch(job("0010", reference="1"))
+        assert workspace.run_now_calls()["launched"] == 0
+        assert workspace.faults()["by_kind"]["stall_before"] >= 1
+
+    with make_workspace(mlflow_server, fault_rate=1.0, fault_kinds=["stall_after"]) as workspace:
+        compute = compute_for(workspace)
+        with pytest.raises(TransientError):
+            compute.launch(job("0011", reference="1"))  # the SDK retried with the same token: still one run
+        calls = workspace.run_now_calls()
+        assert calls["launched"] == 1 and calls["count"] >= 1
+        workspace.set_fault_rate(0.0)
+        again = compute.launch(job("0011", reference="1"))  # the redelivered command
+        assert [str(r["run_id"]) for r in workspace.runs()] == [again]
+
+
+def test_the_mlflow_proxy_forwards_intact_and_fails_as_told(mlflow_server: MlflowServer, tmp_path: Path):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    with make_workspace(mlflow_server, fault_kinds=["503"]) as workspace:
+        client = MlflowClient(tracking_uri=workspace.url, registry_uri=workspace.url)
+        experiment = client.create_experiment("chaos-proxy")
+        run = client.create_run(experiment, tags={"k": "v"})
+        blob = tmp_path / "blob.bin"
+        blob.write_bytes(bytes(range(256)) * 64)
+        client.log_artifact(run.info.run_id, str(blob))
+        copy = client.download_artifacts(run.info.run_id, "blob.bin", str(tmp_path / "down"))
+        assert Path(copy).read_bytes() == blob.read_bytes()
+        assert client.get_run(run.info.run_id).data.tags["k"] == "v"
+        served = workspace.faults()["by_target"]["mlflow"]["requests"]
+        assert served >= 5
+
+        workspace.set_fault_rate(1.0)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            with pytest.raises(MlflowException):
+                client.get_run(run.info.run_id)
+        assert workspace.faults()["by_target"]["mlflow"]["by_kind"]["503"] >= 1
+
+
+def test_introspection_is_never_faulted_and_the_rate_changes_while_running(workspace: Workspace):
+    workspace.set_fault_rate(1.0)
+    for _ in range(5):
+        assert requests.get(f"{workspace.url}/chaos/faults", timeout=5).status_code == 200
+    with pytest.raises(TransientError):
+        compute_for(workspace).launch(job("0012"))
+
+    off = requests.post(f"{workspace.url}/chaos/faults", json={"rate": 0.0}, timeout=5)
+    refused = requests.post(f"{workspace.url}/chaos/faults", json={"rate": 2}, timeout=5)
+
+    assert off.status_code == 200 and off.json()["rate"] == 0.0
+    assert refused.status_code == 400
+    assert compute_for(workspace).launch(job("0012"))
+    documents = {what: requests.get(f"{workspace.url}/chaos/{what}", timeout=5).json() for what in ("runs", "faults")}
+    assert len(documents["runs"]) == 1
+    assert documents["faults"]["total"] == sum(documents["faults"]["by_kind"].values()) >= 1
+    assert documents["faults"]["requests"] > documents["faults"]["total"]
+
+
+def test_the_command_line_serves_until_terminated():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "signalbox.chaos.workspace", "--port", str(port)),
+            *("--mlflow-url", "http://127.0.0.1:9", "--fault-rate", "0.25", "--seed", "3"),
+            *("--job", "train-a", "--job", "train-b"),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        url = f"http://127.0.0.1:{port}"
+        assert requests.get(f"{url}/chaos/faults", timeout=5).json()["rate"] == 0.25
+        requests.post(f"{url}/chaos/faults", json={"rate": 0}, timeout=5).raise_for_status()
+        compute = DatabricksCompute(host=url, token=TOKEN, retry_timeout_seconds=1)
+        assert [compute._job_id(name) for name in ("train-a", "TRAIN-B")] == [1, 2]  # by exact name, any case
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
