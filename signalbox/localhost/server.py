@@ -220,6 +220,11 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
             for name, value in headers.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
+            if not self._body_read and self._announces_body():
+                # A body left unread (refused before reading it) would be parsed as the next request.
+                self.close_connection = True
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
@@ -234,6 +239,11 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
         def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
             self._json(status, {"error": HTTPStatus(status).phrase, "message": message}, headers)
 
+        _body_read = False
+
+        def _announces_body(self) -> bool:
+            return "Transfer-Encoding" in self.headers or (self.headers.get("Content-Length") or "0").strip() != "0"
+
         def _body(self, limit: int) -> bytes:
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                 raise _Reply(411, "chunked request bodies are not supported; send Content-Length")
@@ -247,7 +257,9 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
             if length > limit:
                 self.close_connection = True
                 raise _Reply(413, f"request body of {length} bytes is over the limit of {limit} bytes")
-            return self._read_exactly(length) if length else b""
+            body = self._read_exactly(length) if length else b""
+            self._body_read = True
+            return body
 
         def _read_exactly(self, length: int) -> bytes:
             # One deadline for the whole body: a per-read timeout alone lets a trickle go on forever.
@@ -289,6 +301,7 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
                 raise _Reply(401, f"this endpoint needs {needed} (x-functions-key header or code query parameter)")
 
         def _dispatch(self, method: str) -> None:
+            self._body_read = False
             try:
                 parts = urlsplit(self.path)
                 path = parts.path
