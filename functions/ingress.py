@@ -24,7 +24,18 @@ log = logging.getLogger("signalbox.ingress")
 def _event(raw: func.EventGridEvent) -> KnownEvent | None:
     from shared import events
 
-    known = events.interpret(events.InboundEvent.from_function_event(raw))
+    try:
+        known = events.interpret(events.InboundEvent.from_function_event(raw))
+    except events.InvalidEvent as exc:
+        # No redelivery can fix a malformed or unsafe event (a blob path with "..", a URL that is not
+        # the blob): refuse it once, on the record, instead of failing and making Event Grid retry it.
+        log.warning("refused event %s of type %s: %s", raw.id, raw.event_type, exc)
+        runtime.services().events.publish(
+            "EventRefused",
+            (raw.subject or "")[:300],
+            {"event_id": raw.id, "event_type": raw.event_type, "reason": str(exc)},
+        )
+        return None
     if known is None:
         log.info("ignored event %s of type %s", raw.id, raw.event_type)
     return known

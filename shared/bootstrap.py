@@ -164,7 +164,7 @@ def _landing(settings: Settings) -> LandingZone:
         return BlobLandingZone()
     from shared.adapters.local_landing import LocalLandingZone
 
-    return LocalLandingZone()
+    return LocalLandingZone(settings.landing_dir)
 
 
 def _events(settings: Settings) -> LifecycleEvents:

@@ -101,7 +101,9 @@ ApprovalPolicy = Literal["auto", "manual"]
 class ModelEntry(_Strict):
     """One model of the catalogue."""
 
-    name: str
+    # Names travel into registry searches, session ids, URLs and paths: letters, digits, ".", "_",
+    # "-" (Unity Catalog's catalog.schema.model included), never a quote, a space, "/" or "..".
+    name: str = Field(max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")
     kind: Literal["trained", "rule_based"] = "trained"
     training: Training
     data: Data

@@ -90,6 +90,9 @@ _EXTRA_FRACTION = re.compile(r"(\.\d{6})\d+")
 _BLOB_SUBJECT = re.compile(r"^/?blobServices/default/containers/(?P<container>[^/]+)/blobs/(?P<path>.+)$")
 _STORAGE_ACCOUNT = re.compile(r"/storageAccounts/(?P<name>[^/]+)", re.IGNORECASE)
 _WORKSPACE = re.compile(r"/workspaces/(?P<name>[^/]+)", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_BLOB_NAME = 1024  # Azure Storage's limit on a blob name
+_MAX_VERSION = 2**31 - 1
 
 
 class InvalidEvent(ValueError):
@@ -432,10 +435,13 @@ def _blob_created(event: InboundEvent) -> BlobCreated:
     else:
         raise InvalidEvent("subject", "not /blobServices/default/containers/{container}/blobs/{path}")
     account_match = _STORAGE_ACCOUNT.search(event.source)
+    account = account_match["name"] if account_match else (from_url[0] if from_url else None)
+    _check_blob(container, blob_path)
+    _check_blob_url(url, container, blob_path, account if account_match else None)
     return BlobCreated(
         event_id=event.id,
         url=url,
-        account=account_match["name"] if account_match else (from_url[0] if from_url else None),
+        account=account,
         container=container,
         blob_path=blob_path,
         content_length=_integer(data, "contentLength"),
@@ -548,7 +554,11 @@ def _model_version(data: Mapping[str, Any]) -> str:
         if not value.is_integer():
             raise InvalidEvent("data.ModelVersion", f"not an integer: {value!r}")
         value = int(value)
-    return str(value)
+    text = str(value)
+    # Registries keep version numbers in 32-bit columns; a bigger one would fail there, not here.
+    if len(text) > 64 or _CONTROL.search(text) or (text.isascii() and text.isdigit() and int(text) > _MAX_VERSION):
+        raise InvalidEvent("data.ModelVersion", f"not a version number: {text[:64]!r}")
+    return text
 
 
 def _mapping(data: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -616,6 +626,44 @@ def _blob_url_parts(url: str) -> tuple[str | None, str, str] | None:
     if len(segments) < 2 or not segments[0] or not segments[-1]:
         return None
     return account, unquote(segments[0]), unquote("/".join(segments[1:]))
+
+
+def _check_blob(container: str, blob_path: str) -> None:
+    """Refuse a blob name that could climb out of its container when it becomes a path (``..``, ``/x``, ``\\``)."""
+    if not container or container in (".", "..") or "/" in container or "\\" in container or _CONTROL.search(container):
+        raise InvalidEvent("subject", f"not a container name: {container!r}")
+    if len(blob_path) > _MAX_BLOB_NAME:
+        raise InvalidEvent("subject", f"blob name longer than {_MAX_BLOB_NAME} characters")
+    if blob_path.startswith("/") or "\\" in blob_path or _CONTROL.search(blob_path):
+        raise InvalidEvent("subject", f"blob name {blob_path!r} is absolute or has a backslash or control character")
+    if any(segment in (".", "..") for segment in blob_path.split("/")):
+        raise InvalidEvent("subject", f"blob name {blob_path!r} has a '.' or '..' segment")
+
+
+def _check_blob_url(url: str, container: str, blob_path: str, account: str | None) -> None:
+    """The URL Signalbox will read must be the blob the subject names, in the topic's account."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http", "file"):
+        raise InvalidEvent("data.url", f"not an http(s) or file URL: {url[:200]!r}")
+    if scheme == "file" and parts.netloc not in ("", "localhost"):
+        raise InvalidEvent("data.url", f"a file URL on another machine: {url[:200]!r}")
+    path = unquote(parts.path)
+    if "\\" in path or _CONTROL.search(path) or any(s in (".", "..") for s in path.split("/")):
+        raise InvalidEvent(
+            "data.url", f"path has a '.' or '..' segment, a backslash or a control character: {url[:200]!r}"
+        )
+    if not path.endswith(f"/{container}/{blob_path}"):
+        raise InvalidEvent("data.url", f"names another blob than the subject ({container}/{blob_path[:200]})")
+    host = (parts.hostname or "").lower()
+    if not account or scheme == "file":
+        return
+    # The blob endpoint is https://<account>.blob.core.windows.net; emulators put the account in the path.
+    local = _is_local_host(host)
+    if (local and not path.lower().startswith(f"/{account.lower()}/")) or (
+        not local and host.split(".", 1)[0] != account.lower()
+    ):
+        raise InvalidEvent("data.url", f"{host}{path[:200]} is not in the storage account {account!r} of the topic")
 
 
 def _is_local_host(host: str) -> bool:

@@ -135,6 +135,15 @@ def _id(data: Mapping[str, Any], key: str, path: str, *, required: bool = True) 
     return text
 
 
+def _version(data: Mapping[str, Any], key: str, path: str, *, required: bool) -> str | None:
+    """A registry version number: MLflow and Databricks number versions 1, 2, 3..."""
+    value = _id(data, key, path, required=required)
+    # 32-bit, as the registries' version columns: a bigger number would fail in the registry instead.
+    if value is not None and not (value.isascii() and value.isdigit() and int(value) < 2**31):
+        raise _invalid(path, "a version number")
+    return value
+
+
 def _str_tags(value: Any, path: str) -> dict[str, str]:
     if value is None:
         return {}
@@ -217,7 +226,7 @@ def parse_mlflow(body: bytes, delivery_id: str) -> MlflowEvent:
     # Version events must name their version; registered-model events carry none.
     version_required = entity.startswith("model_version")
     model_name = _str(data, "name", "data.name")
-    version = _id(data, "version", "data.version", required=version_required)
+    version = _version(data, "version", "data.version", required=version_required)
     run_id = _str(data, "run_id", "data.run_id", required=False)
     tags = _str_tags(data.get("tags"), "data.tags")
     if entity == "model_version_tag" and action == "set":
@@ -452,7 +461,7 @@ def _parse_databricks_registry(payload: Mapping[str, Any]) -> DatabricksEvent:
     model_name = _str(payload, "model_name", "model_name")
     # Databricks sends the timestamp on every event; without it redeliveries cannot be told apart.
     event_timestamp = _id(payload, "event_timestamp", "event_timestamp")
-    version = _id(payload, "version", "version", required=event != "REGISTERED_MODEL_CREATED")
+    version = _version(payload, "version", "version", required=event != "REGISTERED_MODEL_CREATED")
     run_id = _id(payload, "run_id", "run_id", required=False)
     webhook_id = _id(payload, "webhook_id", "webhook_id", required=False)
     assert event is not None and model_name is not None

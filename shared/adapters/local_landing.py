@@ -20,11 +20,17 @@ def local_path(uri: str) -> Path:
 
 
 class LocalLandingZone:
-    """Landed files are plain files; their URIs are ``file://`` URIs."""
+    """Landed files are plain files under ``root``; their URIs are ``file://`` URIs."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root.resolve() if root is not None else None
 
     def size(self, uri: str) -> int:
-        """Bytes in the file; ``OSError`` when it is missing or unreadable."""
+        """Bytes in the file; ``OSError`` when it is missing, unreadable or outside ``root``."""
         path = local_path(uri)
+        # Resolved (symlinks, "..") before the check, so no event can make us open a file elsewhere.
+        if self.root is not None and not path.resolve().is_relative_to(self.root):
+            raise OSError(f"{path} is outside the landing zone {self.root}")
         with path.open("rb") as handle:  # opening proves it is readable, not just present
             handle.read(1)
         return path.stat().st_size

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 import traceback
@@ -167,6 +168,11 @@ class LocalHost:
                 )
             else:
                 print(f"  {f.name}: {f.trigger_type}", file=out)
+
+
+def _int32(text: str) -> bool:
+    """Whether a route value passes ``{x:int}``: a 32-bit integer, as ASP.NET's int route constraint."""
+    return re.fullmatch(r"-?[0-9]{1,10}", text) is not None and -(2**31) <= int(text) < 2**31
 
 
 class _Reply(Exception):
@@ -344,7 +350,7 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
                 if function.methods and method not in function.methods:
                     allowed |= function.methods
                     continue
-                bad_int = [p for p in function.route.int_params if p in params and not params[p].lstrip("-").isdigit()]
+                bad_int = [p for p in function.route.int_params if p in params and not _int32(params[p])]
                 if bad_int:
                     continue
                 matched = (function, params)

@@ -885,26 +885,13 @@ def test_a_drift_storm_starts_exactly_one_training(stack: Stack) -> None:
 
 def test_duplicate_deliveries_do_the_work_once(stack: Stack) -> None:
     model = "lc-dup"
-    # The same BlobCreated (same Event Grid id) three times, the last two at once. The file sits
-    # outside the watched folder so that only these deliveries announce it.
-    data = write_batch(stack.state.parent / "outside" / "lc-dup-batch-001.csv", "small", seed=8)
-    event = {
-        "id": str(uuid.uuid4()),
-        "topic": "/subscriptions/local/resourceGroups/local/providers/Microsoft.Storage/storageAccounts/local",
-        "subject": "/blobServices/default/containers/landing/blobs/lc-dup/batch-001.csv",
-        "eventType": "Microsoft.Storage.BlobCreated",
-        "eventTime": datetime.now(UTC).isoformat(),
-        "dataVersion": "",
-        "metadataVersion": "1",
-        "data": {
-            "api": "PutBlob",
-            "contentType": "text/csv",
-            "contentLength": data.stat().st_size,
-            "blobType": "BlockBlob",
-            "url": data.resolve().as_uri(),
-            "sequencer": f"{data.stat().st_mtime_ns:032x}",
-        },
-    }
+    # The same BlobCreated (same Event Grid id) three times, the last two at once. The file is in
+    # the landing zone (nothing outside it is read), so the watcher announces it too, with the same
+    # id (blob_created_event): one more duplicate.
+    from signalbox.client import blob_created_event
+
+    data = write_batch(stack.state / "landing" / "landing" / "lc-dup" / "batch-001.csv", "small", seed=8)
+    event = blob_created_event(data, "landing", "lc-dup/batch-001.csv")
     assert stack.event_grid("landing_events", [event]).status_code == 200
     with ThreadPoolExecutor(max_workers=2) as pool:
         codes = list(pool.map(lambda _: stack.event_grid("landing_events", [event]).status_code, range(2)))

@@ -568,8 +568,9 @@ def test_known_type_without_object_data() -> None:
 def test_blob_path_is_url_decoded_and_may_nest() -> None:
     event = only(read("blob_created.cloudevents.json"))
     subject = "blobServices/default/containers/landing/blobs/iris/2026/11/23/batch%20001%2Bv2.csv"
+    url = "https://signalboxlanding.blob.core.windows.net/landing/iris/2026/11/23/batch%20001%2Bv2.csv"
 
-    blob = interpret(replace(event, subject=subject))
+    blob = interpret(replace(event, subject=subject, data={**event.data, "url": url}))
 
     assert isinstance(blob, BlobCreated)
     assert blob.container == "landing"
