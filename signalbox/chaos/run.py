@@ -440,9 +440,9 @@ def host_environment(
             "SIGNALBOX_POLL_MAX_ATTEMPTS": "200",
             # The clients fail fast on an injected stall; a failed hop is retried by its queue.
             "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CLIENT_TIMEOUT),
-            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
-            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.2",
-            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.2",
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",  # an int for MLflow; Retry-After still applies
+            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
             "SIGNALBOX_DATABRICKS_HTTP_TIMEOUT_SECONDS": str(CLIENT_TIMEOUT),
             "MLFLOW_DISABLE_TELEMETRY": "true",
         }
