@@ -41,10 +41,13 @@ def webhook_secrets(state_dir: Path) -> dict[str, str]:
 
 
 def _post(url: str, **kwargs: Any) -> requests.Response:
+    from signalbox.localhost.config import redact_keys
+
     try:
         return requests.post(url, timeout=30, **kwargs)
     except requests.RequestException as exc:
-        raise ClientError(f"cannot reach the host at {url.split('?')[0]}: {exc}") from None
+        # requests names the full URL in its errors, and a key may ride in it as ?code=.
+        raise ClientError(f"cannot reach the host at {url.split('?')[0]}: {redact_keys(str(exc))}") from None
 
 
 def _check(response: requests.Response) -> requests.Response:
