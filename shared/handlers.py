@@ -394,8 +394,7 @@ def promote(envelope: Envelope, svc: Services) -> str:
         if stage in (Stage.PRODUCTION, Stage.SURPASSED, Stage.UNSTAGED):
             return f"already-{stage}"
         if stage is None:
-            versions = svc.registry.list_versions(model.name)
-            for staged in domain.with_stage(versions, Stage.STAGED):
+            for staged in svc.registry.versions_with_tag(model.name, domain.STAGE, Stage.STAGED):
                 if staged.version == version.version:
                     continue
                 if not domain.beats(version, staged):
@@ -590,7 +589,7 @@ def deploy(envelope: Envelope, svc: Services) -> str:
 def _make_production(
     svc: Services, model_name: str, version: str, envelope: Envelope, deployment: dict[str, object]
 ) -> None:
-    for old in domain.with_stage(svc.registry.list_versions(model_name), Stage.PRODUCTION):
+    for old in svc.registry.versions_with_tag(model_name, domain.STAGE, Stage.PRODUCTION):
         if old.version != version:
             svc.registry.set_version_tags(
                 model_name,

@@ -65,6 +65,10 @@ class Registry(Protocol):
         """The versions a training run registered."""
         ...
 
+    def versions_with_tag(self, model_name: str, key: str, value: str) -> list[ModelVersion]:
+        """The versions of a model whose tag ``key`` is ``value``, oldest first (searched, not listed)."""
+        ...
+
     def set_version_tags(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
         """Set (overwrite) tags on a version."""
         ...

@@ -80,6 +80,9 @@ class FakeRegistry:
     def versions_of_run(self, run_id: str) -> list[ModelVersion]:
         return [self.get_version(m, v) for m, v in self.runs.get(run_id, [])]
 
+    def versions_with_tag(self, model_name: str, key: str, value: str) -> list[ModelVersion]:
+        return [v for v in self.list_versions(model_name) if v.tags.get(key) == value]
+
     def set_version_tags(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
         v = self.versions[(model_name, version)]
         self.versions[(model_name, version)] = replace(v, tags={**v.tags, **{k: str(x) for k, x in tags.items()}})

@@ -5,15 +5,17 @@ sub-queue, scheduled enqueue, time to live, duplicate detection and sessions
 (FIFO, one message in flight per session) behave as they do on Service Bus, so
 the local host exercises the same failure paths as Azure.
 
-Several threads and processes may share one file: every call opens its own
-connection, and every read-modify-write runs in ``BEGIN IMMEDIATE`` so that two
-receivers can never lock the same message.
+Several threads and processes may share one file: each thread (of each process)
+keeps its own connection, and every read-modify-write runs in ``BEGIN IMMEDIATE``
+so that two receivers can never lock the same message.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -45,6 +47,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 # What a peeked, unlocked message reports as locked_until (Service Bus reports DateTime.MinValue).
 _NOT_LOCKED = datetime.min.replace(tzinfo=UTC)
+# Connections a forked child inherited: kept referenced so they are never used or closed there.
+_INHERITED: list[sqlite3.Connection] = []
 
 _SCHEMA = """
 BEGIN IMMEDIATE;
@@ -194,6 +198,7 @@ class LocalQueues:
         self.specs: Mapping[str, QueueSpec] = dict(specs)
         self._clock = clock
         self._closed = False
+        self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         try:
@@ -415,8 +420,9 @@ class LocalQueues:
         return {key: int(row[key]) for key in ("active", "scheduled", "locked", "dead_letter")}
 
     def close(self) -> None:
-        """Refuse further calls; the file stays as it is."""
+        """Refuse further calls; the file stays as it is (other threads' connections close with them)."""
         self._closed = True
+        self._discard()
 
     def _spec(self, queue: str) -> QueueSpec:
         if self._closed:
@@ -431,8 +437,6 @@ class LocalQueues:
         return _aware_utc(self._clock(), "the clock's time")
 
     def _connect(self) -> sqlite3.Connection:
-        # A connection per call: sqlite3 connections must not cross threads, and a
-        # fresh one cannot carry a stale transaction from a failed call.
         conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_SECONDS * 1000)}")
@@ -441,22 +445,50 @@ class LocalQueues:
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
+    def _connection(self) -> sqlite3.Connection:
+        # One connection per thread, reused: sqlite3 connections must not cross threads, and
+        # opening one per call cost more than the call (and closing the last one checkpoints
+        # the WAL every time). A forked child must not use its parent's connection.
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid != os.getpid():
+            _INHERITED.append(conn)  # not even closed here: closing it would touch the parent's file state
+            conn = None
+        if conn is None:
+            conn = self._local.conn = self._connect()
+            self._local.pid = os.getpid()
+        return conn
+
+    def _discard(self) -> None:
+        # After a failure whose transaction state is unknown, the next call starts afresh.
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
+        conn = self._connection()
         try:
             # IMMEDIATE takes the write lock up front: a deferred transaction that reads
             # then writes could let two receivers pick the same message, or fail with
             # SQLITE_BUSY without waiting in WAL mode.
             conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._discard()
+            raise
+        try:
+            yield conn
+        except BaseException:
             try:
-                yield conn
-            except BaseException:
                 conn.execute("ROLLBACK")
-                raise
+            except BaseException:
+                self._discard()
+            raise
+        try:
             conn.execute("COMMIT")
-        finally:
-            conn.close()
+        except BaseException:
+            self._discard()  # closing rolls back whatever the failed COMMIT left open
+            raise
 
     def _validate(self, spec: QueueSpec, message: OutboundMessage) -> _Row:
         if not isinstance(message.message_id, str) or not message.message_id:

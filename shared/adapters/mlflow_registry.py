@@ -40,6 +40,34 @@ def _quoted(value: str) -> str | None:
     return None
 
 
+def _commit_without_fsync(store: Any) -> None:
+    """A local SQLite store commits in WAL mode with ``synchronous = NORMAL``, as the local queues do.
+
+    In its default rollback-journal mode every tag write waited for two or three fsyncs, which
+    made the registry write of each landed blob the slowest step of ingress. A crashed (even
+    kill -9'd) process loses nothing this way; only a power cut can drop the last commits.
+    """
+    import contextlib
+    import sqlite3
+
+    from sqlalchemy import event
+
+    engine = getattr(store, "engine", None)
+    if engine is None or engine.dialect.name != "sqlite":
+        return
+
+    def pragmas(connection: sqlite3.Connection, _record: object) -> None:
+        cursor = connection.cursor()
+        # The mode is kept in the file; another process mid-transaction may refuse the switch for now.
+        with contextlib.suppress(sqlite3.OperationalError):
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    event.listen(engine, "connect", pragmas)
+    engine.dispose()  # connections opened while the store was created get the pragmas too
+
+
 class MlflowRegistry:
     """Registry port over ``mlflow.MlflowClient``."""
 
@@ -49,6 +77,18 @@ class MlflowRegistry:
 
         self._client: MlflowClient = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
         self._mlflow_exception: type[Exception] = MlflowException
+        if (registry_uri or tracking_uri).startswith("sqlite:"):
+            _commit_without_fsync(self._writer.store)
+
+    @property
+    def _writer(self) -> Any:
+        """The client's registry client: writes through it skip ``MlflowClient``'s prompt check.
+
+        ``MlflowClient`` reads the whole registered model before each tag or alias write to refuse
+        prompts; on the SQL store that read loads every version, so each write cost O(versions).
+        Signalbox writes only to the catalogue's models, which are never prompts.
+        """
+        return self._client._get_registry_client()
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -134,16 +174,41 @@ class MlflowRegistry:
             raise ValueError(f"not a run id: {run_id!r}")
         return self._sorted(self._search(f"run_id='{run_id}'"))
 
+    def versions_with_tag(self, model_name: str, key: str, value: str) -> list[ModelVersion]:
+        """The versions of a model whose tag ``key`` is ``value``, oldest first.
+
+        A tag-filtered search, so the cost follows the matches, not the versions registered; a
+        registry that cannot filter on tags (or a name, key or value the filter cannot quote) is
+        listed and filtered here instead.
+        """
+        name, wanted = _quoted(model_name), _quoted(value)
+        if name is None or wanted is None or "`" in key:
+            return [v for v in self.list_versions(model_name) if v.tags.get(key) == value]
+        try:
+            found = list(self._search(f"name={name} AND tags.`{key}`={wanted}"))
+        except Exception as error:
+            if not self._is(error, "INVALID_PARAMETER_VALUE"):
+                raise
+            return [v for v in self.list_versions(model_name) if v.tags.get(key) == value]
+        # Few match: read each with its aliases rather than the registered model with all its versions.
+        ported = []
+        for version in found:
+            try:
+                ported.append(self.get_version(model_name, str(version.version)))
+            except LookupError:  # deleted since the search
+                continue
+        return sorted(ported, key=lambda v: int(v.version) if v.version.isdigit() else 0)
+
     def set_version_tags(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
         """Set (overwrite) tags on a version; ``LookupError`` when it does not exist."""
         with self._version_must_exist(model_name, version):
             for key, value in tags.items():
-                self._client.set_model_version_tag(model_name, str(version), key, value)
+                self._writer.set_model_version_tag(model_name, str(version), key, value)
 
     def delete_version_tag(self, model_name: str, version: str, key: str) -> None:
         """Remove a tag from a version; no error when it is absent."""
         try:
-            self._client.delete_model_version_tag(model_name, str(version), key)
+            self._writer.delete_model_version_tag(model_name, str(version), key)
         except Exception as error:
             if not self._is(error, "RESOURCE_DOES_NOT_EXIST"):
                 raise
@@ -153,12 +218,12 @@ class MlflowRegistry:
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
         """Point an alias at a version; ``LookupError`` when it does not exist."""
         with self._version_must_exist(model_name, version):
-            self._client.set_registered_model_alias(model_name, alias, str(version))
+            self._writer.set_registered_model_alias(model_name, alias, str(version))
 
     def delete_alias(self, model_name: str, alias: str) -> None:
         """Remove an alias; no error when it is absent."""
         try:
-            self._client.delete_registered_model_alias(model_name, alias)
+            self._writer.delete_registered_model_alias(model_name, alias)
         except Exception as error:
             # An unknown model has no aliases either.
             if not self._is(error, "RESOURCE_DOES_NOT_EXIST"):
@@ -187,8 +252,15 @@ class MlflowRegistry:
 
     def set_model_tag(self, model_name: str, key: str, value: str) -> None:
         """Set a tag on the registered model, creating the model if needed."""
+        try:
+            self._writer.set_registered_model_tag(model_name, key, value)
+            return
+        except Exception as error:
+            # The model exists but for the first tag: create it only then, not with a read every time.
+            if not self._is(error, "RESOURCE_DOES_NOT_EXIST"):
+                raise
         self.ensure_model(model_name)
-        self._client.set_registered_model_tag(model_name, key, value)
+        self._writer.set_registered_model_tag(model_name, key, value)
 
     # -- beyond the port -------------------------------------------------------------------------
 

@@ -157,6 +157,25 @@ def test_list_versions_oldest_first_in_numeric_order(
     assert [v.version for v in registry.list_versions('it\'s "both"')] == ["1"]
 
 
+def test_versions_with_tag_is_a_tag_filtered_search(
+    registry: MlflowRegistry, client: Any, trained: tuple[str, str]
+) -> None:
+    run_id, _ = trained
+    name = "stage-search"
+    client.create_registered_model(name)
+    for number in range(1, 5):
+        tags = {"stage": "staged" if number in (2, 4) else "surpassed", "signalbox.note": 'it\'s "x"'}
+        client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id, tags=tags)
+    registry.set_alias(name, "challenger", "4")
+    found = registry.versions_with_tag(name, "stage", "staged")
+    assert [(v.version, v.aliases) for v in found] == [("2", ()), ("4", ("challenger",))]
+    assert found[1].tags["stage"] == "staged"
+    assert registry.versions_with_tag(name, "stage", "production") == []
+    # A value no filter can quote is matched by listing instead.
+    assert [v.version for v in registry.versions_with_tag(name, "signalbox.note", 'it\'s "x"')] == ["1", "2", "3", "4"]
+    assert registry.versions_with_tag("no-such-model", "stage", "staged") == []
+
+
 def test_versions_of_run(registry: MlflowRegistry, trained: tuple[str, str]) -> None:
     run_id, version = trained
     assert [(v.model_name, v.version) for v in registry.versions_of_run(run_id) if v.model_name == MODEL] == [
