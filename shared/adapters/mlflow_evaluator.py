@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,9 +20,10 @@ from urllib.request import url2pathname
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["METRICS", "TARGET", "MlflowEvaluator"]
+__all__ = ["CACHED_MODELS", "METRICS", "TARGET", "MlflowEvaluator"]
 
 TARGET = "target"
+CACHED_MODELS = 16
 
 
 def _accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
@@ -85,10 +87,14 @@ class MlflowEvaluator:
         # MLflow's own fallback is a ./mlflow.db in the working directory, never what is meant.
         self._registry_uri = registry_uri or tracking_uri
         self._data_root = data_root
-        self._models: dict[tuple[str, str], Any] = {}
-        # Evaluations run concurrently (one per message): one lock guards the cache and the
-        # download folder, so two versions never share a folder or load each other's model.
+        # The champion is scored again for every challenger; a challenger mostly once: keep the
+        # most recently used few, so a long-running worker's memory does not grow per version.
+        self._models: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        # Evaluations run concurrently (one per message). Downloads (the slow, network-bound part)
+        # run in parallel, one at a time per version, each into its own folder; loading holds one
+        # lock, because a model from code hands itself over through a process-wide global.
         self._lock = threading.Lock()
+        self._version_locks: dict[tuple[str, str], threading.Lock] = {}
         self._downloads = tempfile.TemporaryDirectory(prefix="signalbox-evaluator-")
 
     def score(self, model_name: str, version: str, dataset: str, metrics: Sequence[str]) -> dict[str, float]:
@@ -128,13 +134,28 @@ class MlflowEvaluator:
     def _model(self, model_name: str, version: str) -> Any:
         key = (model_name, str(version))
         with self._lock:
-            return self._models.get(key) or self._load(key)
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            version_lock = self._version_locks.setdefault(key, threading.Lock())
+        with version_lock:
+            with self._lock:
+                model = self._models.get(key)
+            if model is None:
+                local = self._download(key)
+                import mlflow.pyfunc
 
-    def _load(self, key: tuple[str, str]) -> Any:
-        """Download and load one version (called under the lock)."""
+                with self._lock:
+                    model = self._models[key] = mlflow.pyfunc.load_model(local)
+                    while len(self._models) > CACHED_MODELS:
+                        evicted, _ = self._models.popitem(last=False)
+                        self._version_locks.pop(evicted, None)
+        return model
+
+    def _download(self, key: tuple[str, str]) -> str:
+        """Download one version's artifacts into a folder of its own; returns the folder."""
         model_name = key[0]
         import mlflow.artifacts
-        import mlflow.pyfunc
         from mlflow import MlflowClient
 
         # Resolved with explicit URIs: mlflow's models:/ resolution uses the process-wide
@@ -143,13 +164,13 @@ class MlflowEvaluator:
         source = client.get_model_version_download_uri(model_name, key[1])
         if source.startswith("models:/"):  # a logged model (MLflow 3): the tracking store knows where it lives
             source = client.get_logged_model(source.removeprefix("models:/")).artifact_location
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=source,
-            dst_path=tempfile.mkdtemp(dir=self._downloads.name),
-            tracking_uri=self._tracking_uri,
+        return str(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=source,
+                dst_path=tempfile.mkdtemp(dir=self._downloads.name),
+                tracking_uri=self._tracking_uri,
+            )
         )
-        self._models[key] = mlflow.pyfunc.load_model(local)
-        return self._models[key]
 
     @staticmethod
     def _predict(model: Any, features: Any) -> np.ndarray:
