@@ -87,6 +87,8 @@ CREATE TABLE IF NOT EXISTS dedup (
     expires_at INTEGER NOT NULL,
     PRIMARY KEY (queue, message_id)
 ) WITHOUT ROWID;
+-- Each send first drops the queue's expired ids: without this index that scanned every id in the window.
+CREATE INDEX IF NOT EXISTS dedup_by_expiry ON dedup (queue, expires_at);
 COMMIT;
 """
 
