@@ -29,8 +29,15 @@ def approval(req: func.HttpRequest) -> func.HttpResponse:
         if not isinstance(body, dict):
             return problem(400, "body must be a JSON object")
         who = str(body.get("by") or who)
+    from shared.domain import version_number
+
+    model = req.route_params["model"]
+    try:
+        # One spelling per version: "01" would be a second approval of version 1.
+        version = version_number(req.route_params["version"])
+    except ValueError:
+        return problem(404, f"no version {req.route_params['version']} of {model}: versions are numbered 1, 2, 3...")
     svc = runtime.services()
-    model, version = req.route_params["model"], req.route_params["version"]
     try:
         outcome = handlers.request_approval_decision(model, version, decision == "approve", who, svc)
     except KeyError as exc:

@@ -55,6 +55,21 @@ LAST_FAILURE = "signalbox.last_failure"
 LATEST_DATA = "signalbox.data.latest"
 
 
+# The registries keep version numbers in 32-bit integer columns.
+MAX_VERSION_NUMBER = 2**31 - 1
+
+
+def version_number(text: str) -> str:
+    """A version number in its one spelling ("007" is "7"); ``ValueError`` unless 1 to 2**31 - 1.
+
+    Ingress derives message ids from the version, so two spellings of one version must not
+    become two causes (two evaluations, two promotions of the same decision).
+    """
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_VERSION_NUMBER:
+        raise ValueError(f"not a version number (1 to {MAX_VERSION_NUMBER}): {text[:40]!r}")
+    return str(int(text))
+
+
 def record(**fields: object) -> str:
     """A compact JSON decision record for a tag (MLflow tag values are strings)."""
     return json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))

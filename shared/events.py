@@ -558,7 +558,14 @@ def _model_version(data: Mapping[str, Any]) -> str:
     # Registries keep version numbers in 32-bit columns; a bigger one would fail there, not here.
     if len(text) > 64 or _CONTROL.search(text) or (text.isascii() and text.isdigit() and int(text) > _MAX_VERSION):
         raise InvalidEvent("data.ModelVersion", f"not a version number: {text[:64]!r}")
-    return text
+    if text.isascii() and text.isdigit():
+        from shared.domain import version_number  # standard library only, like this module
+
+        try:
+            return version_number(text)  # one spelling per version number ("01" is "1")
+        except ValueError:
+            raise InvalidEvent("data.ModelVersion", f"not a version number: {text!r}") from None
+    return text  # Azure ML also names versions with text ("1.2")
 
 
 def _mapping(data: Mapping[str, Any], name: str) -> dict[str, Any]:

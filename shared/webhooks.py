@@ -137,11 +137,16 @@ def _id(data: Mapping[str, Any], key: str, path: str, *, required: bool = True) 
 
 def _version(data: Mapping[str, Any], key: str, path: str, *, required: bool) -> str | None:
     """A registry version number: MLflow and Databricks number versions 1, 2, 3..."""
+    from shared.domain import version_number  # standard library only
+
     value = _id(data, key, path, required=required)
-    # 32-bit, as the registries' version columns: a bigger number would fail in the registry instead.
-    if value is not None and not (value.isascii() and value.isdigit() and int(value) < 2**31):
-        raise _invalid(path, "a version number")
-    return value
+    if value is None:
+        return None
+    try:
+        # 32-bit, as the registries' version columns; one spelling per version ("01" is "1").
+        return version_number(value)
+    except ValueError:
+        raise _invalid(path, "a version number") from None
 
 
 def _str_tags(value: Any, path: str) -> dict[str, str]:
