@@ -8,6 +8,7 @@ The dataset is a CSV with the model's input columns and the truth in ``target``.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import threading
 from collections import OrderedDict
@@ -84,6 +85,8 @@ class MlflowEvaluator:
 
     def __init__(self, tracking_uri: str, registry_uri: str | None = None, data_root: Path | None = None) -> None:
         self._tracking_uri = tracking_uri
+        # MLflow draws a terminal progress bar per download: noise in a function's log stream.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         # MLflow's own fallback is a ./mlflow.db in the working directory, never what is meant.
         self._registry_uri = registry_uri or tracking_uri
         self._data_root = data_root

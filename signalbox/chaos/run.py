@@ -491,6 +491,9 @@ def run_chaos(config: ChaosConfig, out: TextIO = sys.stdout) -> int:
 
     from signalbox.mlflow_server import MlflowServer
 
+    if threading.current_thread() is threading.main_thread():
+        # A stopped run (timeout, CI cancel) still stops its servers and the host.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     mlflow = MlflowServer(root / "mlflow")
     workspace: Workspace | None = None
     host: Host | None = None
