@@ -34,7 +34,10 @@ def _cold_start(quick: bool) -> list[Row]:
 
 FIGURES: dict[str, tuple[Callable[[bool], list[Row]], tuple[str, ...]]] = {
     "cold-start": (_cold_start, ("cold start",)),
-    "ingress": (ingress.run, ("event accepted", "ingest throughput", "drift storm", "RSS at rest", "RSS under")),
+    "ingress": (
+        ingress.run,
+        ("event accepted", "ingest throughput", "  the same without", "drift storm", "RSS at rest", "RSS under"),
+    ),
     "promotion": (promotion.run, ("promotion decision",)),
     "demo": (demo.run, ("signalbox demo",)),
 }

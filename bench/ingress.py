@@ -1,7 +1,7 @@
 """Ingress against a real ``signalbox host`` process: latency, throughput, the drift storm and the host's RSS.
 
-The host runs only the ingress functions (``landing_events``, ``alert_events``), so nothing consumes the
-``train`` queue and every command the deliveries enqueued stays there to be counted.
+The host runs only ingress functions (``landing_events``, ``alert_events``, ``workspace_events``), so
+nothing consumes the queues and every command the deliveries enqueued stays there to be counted.
 
 The enqueue is synchronous: ``landing_events`` commits the ``train`` message to the local queue (SQLite)
 before the function returns, and the host answers 200 only after the function returned. So the 200 marks
@@ -113,6 +113,19 @@ class Sender:
             raise RuntimeError(f"{function} answered {answer.status_code}: {answer.text[:300]}")
 
 
+def run_completed() -> dict[str, Any]:
+    """An Azure ML RunCompleted for the bench model (a fresh id and run): its handler only enqueues a poll."""
+    return {
+        "id": str(uuid.uuid4()),
+        "topic": "/subscriptions/bench/resourceGroups/bench/providers/Microsoft.MachineLearningServices/workspaces/b",
+        "subject": "experiments/bench/runs/r",
+        "eventType": "Microsoft.MachineLearningServices.RunCompleted",
+        "eventTime": "2026-11-23T10:00:00Z",
+        "dataVersion": "2",
+        "data": {"runId": uuid.uuid4().hex, "experimentName": MODEL, "runTags": {"signalbox.model": MODEL}},
+    }
+
+
 def train_commands(state_dir: Path) -> list[dict[str, Any]]:
     """Every command waiting in the ``train`` queue (read-only, straight from SQLite)."""
     uri = f"file:{state_dir / 'queues.sqlite3'}?mode=ro"
@@ -121,11 +134,11 @@ def train_commands(state_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(body)["command"] for (body,) in rows]
 
 
-def train_count(state_dir: Path) -> int:
-    """How many messages wait in the ``train`` queue."""
+def train_count(state_dir: Path, queue: str = "train") -> int:
+    """How many messages wait in ``queue``."""
     uri = f"file:{state_dir / 'queues.sqlite3'}?mode=ro"
     with closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM messages WHERE queue = 'train'").fetchone()[0])
+        return int(conn.execute("SELECT COUNT(*) FROM messages WHERE queue = ?", (queue,)).fetchone()[0])
 
 
 @contextmanager
@@ -182,6 +195,26 @@ def ingest(host: Host, sender: Sender, landing: Landing, batches: int, delivered
     return batches * BATCH / elapsed
 
 
+def ingest_without_registry(host: Host, sender: Sender, batches: int) -> float:
+    """The same deliveries (100 a batch, 20 redelivered) of RunCompleted events: host path and enqueue only."""
+    previous = [run_completed() for _ in range(DUPLICATES_PER_BATCH)]
+    sender.post("workspace_events", json.dumps(previous).encode())  # untimed: the first batch redelivers these
+    bodies = []
+    for _ in range(batches):
+        fresh = [run_completed() for _ in range(BATCH - DUPLICATES_PER_BATCH)]
+        bodies.append(json.dumps(fresh + previous[:DUPLICATES_PER_BATCH]).encode())
+        previous = fresh
+    before = train_count(host.state_dir, "poll-run")
+    started = time.perf_counter()
+    for body in bodies:
+        sender.post("workspace_events", body)
+    elapsed = time.perf_counter() - started
+    enqueued = train_count(host.state_dir, "poll-run") - before
+    if enqueued != batches * (BATCH - DUPLICATES_PER_BATCH):
+        raise RuntimeError(f"expected one poll command per new RunCompleted, found {enqueued}")
+    return batches * BATCH / elapsed
+
+
 def drift_storm(host: Host, sender: Sender, alerts: int) -> tuple[int, float]:
     """Drift trainings enqueued after ``alerts`` drift CloudEvents (batches of 100), and the seconds it took."""
     started = time.perf_counter()
@@ -201,7 +234,7 @@ def run(quick: bool) -> list[Row]:
     """Start a host, measure every ingress figure against it, stop it."""
     sizes = QUICK if quick else FULL
     with tempfile.TemporaryDirectory(prefix="signalbox-bench-") as tmp:
-        host = start_host(Path(tmp) / "state", functions=("landing_events", "alert_events"))
+        host = start_host(Path(tmp) / "state", functions=("landing_events", "alert_events", "workspace_events"))
         try:
             process = psutil.Process(host.process.pid)
             sender = Sender(host)
@@ -216,6 +249,7 @@ def run(quick: bool) -> list[Row]:
             with peak_rss(process) as peak:
                 # The first batch's duplicates are events the latency run delivered.
                 rate = ingest(host, sender, landing, sizes.ingest_batches, delivered[-DUPLICATES_PER_BATCH:])
+            bare_rate = ingest_without_registry(host, sender, sizes.ingest_batches)
             trainings, storm_seconds = drift_storm(host, sender, sizes.drift_alerts)
         finally:
             host.stop()
@@ -232,6 +266,10 @@ def run(quick: bool) -> list[Row]:
             f"{rate:,.0f} events/s",
             goal=f">= {THROUGHPUT_GOAL:,.0f} events/s",
             met=rate >= THROUGHPUT_GOAL,
+        ),
+        Row(
+            f"  the same without a registry write (RunCompleted -> poll command; {n_ing:,} events)",
+            f"{bare_rate:,.0f} events/s",
         ),
         Row(
             f"drift storm: {sizes.drift_alerts:,} alerts for one model",

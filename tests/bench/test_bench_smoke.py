@@ -20,6 +20,7 @@ FIGURES = (
     "cold start",
     "event accepted -> command enqueued",
     "ingest throughput",
+    "  the same without a registry write",
     "drift storm",
     "local host RSS at rest",
     "local host RSS under the ingest load",
