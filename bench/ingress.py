@@ -134,7 +134,7 @@ def train_commands(state_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(body)["command"] for (body,) in rows]
 
 
-def train_count(state_dir: Path, queue: str = "train") -> int:
+def queue_count(state_dir: Path, queue: str = "train") -> int:
     """How many messages wait in ``queue``."""
     uri = f"file:{state_dir / 'queues.sqlite3'}?mode=ro"
     with closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:
@@ -164,21 +164,21 @@ def peak_rss(process: psutil.Process, interval: float = 0.05) -> Iterator[list[i
 def latency(host: Host, sender: Sender, events: list[dict[str, Any]]) -> list[float]:
     """Seconds from sending a one-event BlobCreated delivery to its 200, for each event in turn."""
     samples = []
-    expected = train_count(host.state_dir)
+    expected = queue_count(host.state_dir)
     for event in events:
         body = json.dumps([event]).encode()
         started = time.perf_counter()
         sender.post("landing_events", body)
         samples.append(time.perf_counter() - started)
         expected += 1
-        if train_count(host.state_dir) != expected:
+        if queue_count(host.state_dir) != expected:
             raise RuntimeError("a 200 came back before the train command was visible in the queue")
     return samples
 
 
 def ingest(host: Host, sender: Sender, landing: Landing, batches: int, delivered: list[dict[str, Any]]) -> float:
     """Events per second over ``batches`` deliveries of 100 (80 new, 20 redelivered), checked after."""
-    before = train_count(host.state_dir)
+    before = queue_count(host.state_dir)
     bodies, previous = [], delivered
     for _ in range(batches):
         fresh = landing.new_events(BATCH - DUPLICATES_PER_BATCH)
@@ -189,7 +189,7 @@ def ingest(host: Host, sender: Sender, landing: Landing, batches: int, delivered
     for body in bodies:
         sender.post("landing_events", body)
     elapsed = time.perf_counter() - started
-    enqueued = train_count(host.state_dir) - before
+    enqueued = queue_count(host.state_dir) - before
     if enqueued != batches * (BATCH - DUPLICATES_PER_BATCH):
         raise RuntimeError(f"expected one train command per new event, found {enqueued}")
     return batches * BATCH / elapsed
@@ -204,12 +204,12 @@ def ingest_without_registry(host: Host, sender: Sender, batches: int) -> float:
         fresh = [run_completed() for _ in range(BATCH - DUPLICATES_PER_BATCH)]
         bodies.append(json.dumps(fresh + previous[:DUPLICATES_PER_BATCH]).encode())
         previous = fresh
-    before = train_count(host.state_dir, "poll-run")
+    before = queue_count(host.state_dir, "poll-run")
     started = time.perf_counter()
     for body in bodies:
         sender.post("workspace_events", body)
     elapsed = time.perf_counter() - started
-    enqueued = train_count(host.state_dir, "poll-run") - before
+    enqueued = queue_count(host.state_dir, "poll-run") - before
     if enqueued != batches * (BATCH - DUPLICATES_PER_BATCH):
         raise RuntimeError(f"expected one poll command per new RunCompleted, found {enqueued}")
     return batches * BATCH / elapsed
