@@ -357,7 +357,11 @@ def evaluate(envelope: Envelope, svc: Services) -> str:
         return "not-evaluated"
     challenger = svc.registry.get_version(model.name, command.version)
     if domain.DECISION in challenger.tags:
-        log.info("%s v%s was already evaluated; not again", model.name, command.version)
+        # An earlier delivery recorded the verdict and may have died before sending it on: send it
+        # again (the same message id, so duplicate detection drops it if it did get through).
+        won = domain.read_record(challenger.tags[domain.DECISION]).get("won") is True
+        log.info("%s v%s was already evaluated; its verdict goes on to promotion", model.name, command.version)
+        _send_promote(svc, envelope, model.name, command.version, won)
         return "already-evaluated"
     champion_version = svc.registry.alias_version(model.name, domain.CHAMPION)
     if champion_version == command.version:
@@ -375,9 +379,13 @@ def evaluate(envelope: Envelope, svc: Services) -> str:
     svc.events.publish(
         "VersionEvaluated", model.name, {"version": command.version, "won": verdict.won, "reason": verdict.reason}
     )
-    promote = PromoteVersion(model_name=model.name, version=command.version, decision="won" if verdict.won else "lost")
-    svc.bus.send(envelope.follow(promote, now=svc.clock()))
+    _send_promote(svc, envelope, model.name, command.version, verdict.won)
     return "won" if verdict.won else "lost"
+
+
+def _send_promote(svc: Services, envelope: Envelope, model_name: str, version: str, won: bool) -> None:
+    promote = PromoteVersion(model_name=model_name, version=version, decision="won" if won else "lost")
+    svc.bus.send(envelope.follow(promote, now=svc.clock()))
 
 
 def promote(envelope: Envelope, svc: Services) -> str:
@@ -417,6 +425,9 @@ def promote(envelope: Envelope, svc: Services) -> str:
             svc.registry.set_version_tags(model.name, version.version, {domain.STAGE: Stage.STAGED})
             svc.registry.set_alias(model.name, domain.CHALLENGER, version.version)
             svc.events.publish("VersionStaged", model.name, {"version": version.version})
+        elif svc.registry.alias_version(model.name, domain.CHALLENGER) != version.version:
+            # A redelivery: the earlier one died between the stage tag and the alias.
+            svc.registry.set_alias(model.name, domain.CHALLENGER, version.version)
         policy = model.approval_for(envelope.environment)
         current = version.tags.get(domain.APPROVAL)
         if policy == "manual" and current not in (Approval.APPROVED, Approval.AUTO):
@@ -494,6 +505,10 @@ def deploy(envelope: Envelope, svc: Services) -> str:
     version = svc.registry.get_version(model.name, command.version)
     stage = domain.stage_of(version)
     if stage is Stage.PRODUCTION:
+        # An earlier delivery may have died between the stage tag and the aliases: finish them.
+        if svc.registry.alias_version(model.name, domain.CHAMPION) != version.version:
+            svc.registry.set_alias(model.name, domain.CHAMPION, version.version)
+        _drop_challenger(svc, model.name, version.version)
         return "already-production"
     if stage is not Stage.STAGED or version.tags.get(domain.APPROVAL) not in (Approval.APPROVED, Approval.AUTO):
         log.info(
@@ -503,6 +518,8 @@ def deploy(envelope: Envelope, svc: Services) -> str:
             stage,
             version.tags.get(domain.APPROVAL),
         )
+        if stage is Stage.UNSTAGED:  # rolled back or replaced: an earlier delivery may have died before the alias
+            _drop_challenger(svc, model.name, version.version)
         return "skipped"
     if model.deployment is None:
         raise PermanentError(f"model {model.name}: the catalogue entry has no deployment section")

@@ -458,3 +458,45 @@ def test_a_redelivered_deploy_after_traffic_moved_only_records_it():
     assert handlers.deploy(deploy, svc) == "deployed"
     assert svc.registry.stage(MODEL, v2) == "production" and svc.registry.stage(MODEL, "1") == "surpassed"
     assert json.loads(svc.registry.get_version(MODEL, v2).tags[domain.DEPLOYMENT])["status"] == "deployed"
+
+
+def test_an_evaluation_redelivered_after_its_verdict_was_recorded_still_reaches_promotion():
+    svc = services()
+    train_to_version(svc, accuracy=0.7, event_id="a")
+    (evaluate,) = svc.bus.take("evaluate")
+    assert handlers.evaluate(evaluate, svc) == "won"
+    (first,) = svc.bus.take("promote")
+    svc.bus.seen.discard(first.message_id)  # as if the send had failed after the verdict was tagged
+    assert handlers.evaluate(evaluate, svc) == "already-evaluated"
+    (again,) = svc.bus.take("promote")
+    assert (again.message_id, again.command) == (first.message_id, first.command)
+    assert svc.evaluator.calls == ["1"]
+
+
+def test_a_deploy_redelivered_after_the_stage_tag_restores_the_champion_alias():
+    svc = services()
+    v1 = train_to_version(svc, accuracy=0.7, event_id="a")
+    for kind in ("evaluate", "promote"):
+        for envelope in svc.bus.take(kind):
+            DISPATCH[kind](envelope, svc)
+    (deploy,) = svc.bus.take("deploy")
+    assert handlers.deploy(deploy, svc) == "deployed"
+    registry: FakeRegistry = svc.registry
+    registry.delete_alias(MODEL, domain.CHAMPION)  # as if the first delivery died before the aliases
+    registry.set_alias(MODEL, domain.CHALLENGER, v1)
+    assert handlers.deploy(deploy, svc) == "already-production"
+    assert registry.alias_version(MODEL, domain.CHAMPION) == v1
+    assert registry.alias_version(MODEL, domain.CHALLENGER) is None
+
+
+def test_a_promotion_redelivered_after_the_stage_tag_restores_the_challenger_alias():
+    svc = services(environment="staging")  # manual approval: the version stays staged
+    v1 = train_to_version(svc, accuracy=0.7, event_id="a")
+    for envelope in svc.bus.take("evaluate"):
+        handlers.evaluate(envelope, svc)
+    (promote,) = svc.bus.take("promote")
+    assert handlers.promote(promote, svc) == "pending-approval"
+    registry: FakeRegistry = svc.registry
+    registry.delete_alias(MODEL, domain.CHALLENGER)  # as if the first delivery died before the alias
+    assert handlers.promote(promote, svc) == "pending-approval"
+    assert registry.alias_version(MODEL, domain.CHALLENGER) == v1 and registry.stage(MODEL, v1) == "staged"
