@@ -43,7 +43,8 @@ def _seed_registry(state: Path, landed_uri: str) -> None:
     client.set_registered_model_tag("fz-trained", "signalbox.data.latest", landed_uri)
 
 
-@pytest.fixture(scope="session")
+# Module scope: the host stops once the fuzzing is done instead of idling through the rest of the suite.
+@pytest.fixture(scope="module")
 def fuzz_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzWorld]:
     state = tmp_path_factory.mktemp("fuzz") / "state"
     landed = state / "landing" / "landing" / "fz-trained" / "batch-1.csv"
