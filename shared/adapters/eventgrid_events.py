@@ -28,6 +28,7 @@ KEY_SETTING = "SIGNALBOX_EVENTGRID_KEY"
 LIFECYCLE_EVENT_TYPES: tuple[str, ...] = (
     "DataLanded",
     "DataRefused",
+    "EventRefused",
     "DriftDetected",
     "TrainingStarted",
     "TrainingSucceeded",

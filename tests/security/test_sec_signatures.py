@@ -80,17 +80,21 @@ def _truncated_mlflow(body: bytes) -> tuple[Headers, bytes]:
     return {**headers, "X-MLflow-Signature": "v1," + base64.b64encode(digest[:16]).decode()}, body
 
 
-NOW = int(time.time())
+def _now() -> int:
+    # Read when the request is made: collection may be minutes before the test runs.
+    return int(time.time())
+
+
 MLFLOW_REFUSALS: dict[str, Callable[[bytes], tuple[Headers, bytes]]] = {
     "missing signature": lambda b: (_without(mlflow_headers(b), "X-MLflow-Signature"), b),
     "missing delivery id": lambda b: (_without(mlflow_headers(b), "X-MLflow-Delivery-Id"), b),
     "missing timestamp": lambda b: (_without(mlflow_headers(b), "X-MLflow-Timestamp"), b),
     "empty signature": lambda b: ({**mlflow_headers(b), "X-MLflow-Signature": "v1,"}, b),
     "wrong secret": lambda b: (mlflow_headers(b, secret="not-the-secret"), b),
-    "stale timestamp": lambda b: (mlflow_headers(b, timestamp=NOW - TOLERANCE_SECONDS - 30), b),
+    "stale timestamp": lambda b: (mlflow_headers(b, timestamp=_now() - 3600), b),
     # Inside MLflow's default 300 s but outside the host's SIGNALBOX_WEBHOOK_TOLERANCE_SECONDS: the setting rules.
-    "stale for the configured tolerance": lambda b: (mlflow_headers(b, timestamp=NOW - TOLERANCE_SECONDS - 60), b),
-    "future timestamp": lambda b: (mlflow_headers(b, timestamp=NOW + TOLERANCE_SECONDS + 30), b),
+    "stale for the configured tolerance": lambda b: (mlflow_headers(b, timestamp=_now() - TOLERANCE_SECONDS - 60), b),
+    "future timestamp": lambda b: (mlflow_headers(b, timestamp=_now() + TOLERANCE_SECONDS + 30), b),
     "non-numeric timestamp": lambda b: (mlflow_headers(b, timestamp="2026-11-23T10:00:00Z"), b),
     # Correctly signed, but no integer that long is a time (it used to overflow into a 500).
     "absurd timestamp": lambda b: (mlflow_headers(b, timestamp="9" * 5000), b),
@@ -368,10 +372,10 @@ def test_every_signature_check_compares_in_constant_time(monkeypatch: pytest.Mon
     body = b'{"event": "x"}'
     checks = {
         "mlflow": lambda: webhooks.verify_mlflow(
-            {"X-MLflow-Signature": "v1,AAAA", "X-MLflow-Delivery-Id": "d", "X-MLflow-Timestamp": str(NOW)},
+            {"X-MLflow-Signature": "v1,AAAA", "X-MLflow-Delivery-Id": "d", "X-MLflow-Timestamp": str(_now())},
             body,
             "s",
-            now=NOW,
+            now=_now(),
         ),
         "github": lambda: webhooks.verify_github({"X-Hub-Signature-256": "sha256=" + "0" * 64}, body, "s"),
         "databricks": lambda: webhooks.verify_databricks({"X-Databricks-Signature": "0" * 64}, body, "s"),
