@@ -67,7 +67,9 @@ class Settings(BaseSettings):
     poll_max_seconds: float = Field(default=300.0, gt=0, alias="SIGNALBOX_POLL_MAX_SECONDS")
     poll_max_attempts: int = Field(default=200, ge=1, alias="SIGNALBOX_POLL_MAX_ATTEMPTS")
     # One Databricks API call; the SDK retries 429/503 within its own budget on top of this.
-    databricks_http_timeout_seconds: float = Field(default=60.0, gt=0, alias="SIGNALBOX_DATABRICKS_HTTP_TIMEOUT_SECONDS")
+    databricks_http_timeout_seconds: float = Field(
+        default=60.0, gt=0, alias="SIGNALBOX_DATABRICKS_HTTP_TIMEOUT_SECONDS"
+    )
 
     @field_validator(
         "mlflow_webhook_secret",
