@@ -9,12 +9,14 @@ Serving APIs — and a proxy in front of MLflow — fail at random (throttling, 
 (Databricks compute and serving adapters, the MLflow registry through the faulty proxy). It then
 acts as Event Grid: one landed file (BlobCreated) per lifecycle, a share of them delivered two or
 three times, each delivery retried until the host answers 200, while the host is killed with
-``kill -9`` and restarted several times. When every queue is empty it checks, and prints:
+``kill -9`` and restarted several times. A few lifecycles (``--poison-rate``) land data whose model
+fails every evaluation. When every queue is empty it checks, and prints:
 
 - every accepted event ended completed or in a dead-letter queue with a reason (nothing lost);
 - no cause launched two trainings (runs per landed file, from the workspace's own record);
 - never two production versions of one model (the registry, sampled through the whole run);
-- each endpoint serves the version tagged production.
+- each endpoint serves the version tagged production (and the champion alias points at it);
+- every poison lifecycle ended in a dead-letter queue.
 
 Exit status 0 only when all four hold. Every figure printed is measured by this run.
 """
@@ -26,7 +28,6 @@ import heapq
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
@@ -47,7 +48,6 @@ from shared.domain import DECISION, read_record
 from signalbox.client import blob_created_event
 
 QUEUES = ("train", "poll-run", "evaluate", "promote", "deploy")
-_QUALITY = re.compile(r"-q(\d{3})\.csv$")
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class ChaosConfig:
     models: int = 20
     fault_rate: float = 0.2
     duplicate_rate: float = 0.3
+    poison_rate: float = 0.01  # lifecycles whose model fails every evaluation: they must end dead-lettered
     kills: int = 5
     rate: float = 8.0  # landed files per second
     deadline: float = 2400.0  # seconds for the whole run
@@ -273,6 +274,7 @@ class Lifecycle:
     uri: str
     event: dict[str, Any]
     copies: int = 1
+    poison: bool = False
     accepted_at: float | None = None
     attempts: int = 0
     refusals: Counter[str] = field(default_factory=Counter)
@@ -405,13 +407,14 @@ def _lifecycles(config: ChaosConfig, landing: Path) -> list[Lifecycle]:
         step = index // config.models
         quality = int(min(100, max(0, 20 + 70 * step / per_model + rng.gauss(0, 12))))
         name = model_name(m)
-        blob_path = f"{name}/lc-{index:05d}-q{quality:03d}.csv"
+        poison = rng.random() < config.poison_rate
+        blob_path = f"{name}/lc-{index:05d}-q{quality:03d}{'-broken' if poison else ''}.csv"
         path = landing / "landing" / blob_path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x,target\n1,2\n2,4\n", encoding="utf-8")
         event = blob_created_event(path, "landing", blob_path)
         copies = 1 + (rng.randint(1, 2) if rng.random() < config.duplicate_rate else 0)
-        out.append(Lifecycle(index, name, quality, event["data"]["url"], event, copies))
+        out.append(Lifecycle(index, name, quality, event["data"]["url"], event, copies, poison))
     return out
 
 
@@ -651,18 +654,27 @@ def _check(
 
     outcomes: Counter[str] = Counter()
     lost: list[str] = []
+    poison_kept: list[str] = []
     for lc in lifecycles:
         if lc.accepted_at is None:
             continue
         outcome = _outcome(lc, by_uri.get(lc.uri, []), versions, dead_uris, dead_versions)
-        outcomes[outcome] += 1
+        outcomes[("poison " if lc.poison else "") + outcome] += 1
         if outcome == "LOST":
             lost.append(lc.uri.rsplit("/", 1)[-1])
+        if lc.poison and outcome != "dead-lettered":
+            poison_kept.append(f"{lc.uri.rsplit('/', 1)[-1]}: {outcome}")
     report.add("accepted events by outcome", ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())))
     report.check(
         not lost and not no_reason,
         "every accepted event completed or dead-lettered with a reason",
         f"{len(lost)} lost (e.g. {', '.join(lost[:5])}); {len(no_reason)} dead letters without a reason",
+    )
+    poison = sum(lc.poison for lc in lifecycles if lc.accepted_at is not None)
+    report.check(
+        not poison_kept,
+        f"every poison lifecycle ({poison}) ended in the dead-letter queue",
+        "; ".join(poison_kept[:5]),
     )
 
     production: dict[str, list[str]] = defaultdict(list)
@@ -757,6 +769,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--models", type=int, default=defaults.models)
     parser.add_argument("--fault-rate", type=float, default=defaults.fault_rate)
     parser.add_argument("--duplicate-rate", type=float, default=defaults.duplicate_rate)
+    parser.add_argument(
+        "--poison-rate", type=float, default=defaults.poison_rate, help="share of lifecycles that must dead-letter"
+    )
     parser.add_argument("--kills", type=int, default=defaults.kills)
     parser.add_argument("--rate", type=float, default=defaults.rate, help="landed files per second")
     parser.add_argument("--deadline", type=float, default=defaults.deadline, help="seconds for the whole run")
@@ -769,13 +784,14 @@ def config_from(args: argparse.Namespace) -> ChaosConfig:
     """The run's configuration from parsed options."""
     if args.lifecycles < 1 or args.models < 1 or args.rate <= 0:
         raise SystemExit("--lifecycles, --models and --rate must be positive")
-    if not 0 <= args.fault_rate < 1 or not 0 <= args.duplicate_rate <= 1:
-        raise SystemExit("--fault-rate must be in [0, 1) and --duplicate-rate in [0, 1]")
+    if not 0 <= args.fault_rate < 1 or not 0 <= args.duplicate_rate <= 1 or not 0 <= args.poison_rate <= 1:
+        raise SystemExit("--fault-rate must be in [0, 1), --duplicate-rate and --poison-rate in [0, 1]")
     return ChaosConfig(
         lifecycles=args.lifecycles,
         models=args.models,
         fault_rate=args.fault_rate,
         duplicate_rate=args.duplicate_rate,
+        poison_rate=args.poison_rate,
         kills=args.kills,
         rate=args.rate,
         deadline=args.deadline,

@@ -25,14 +25,18 @@ class LinearModel(PythonModel):
     """``coef * x``, with ``coef`` from the model config."""
 
     coef = 2.0
+    broken = False
 
     def load_context(self, context: Any) -> None:
-        """Read the slope from the model config."""
-        self.coef = float((context.model_config or {})["coef"])
+        """Read the slope (and whether the model is broken) from the model config."""
+        config = context.model_config or {}
+        self.coef = float(config["coef"])
+        self.broken = bool(config.get("broken", False))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.Series:
-        """One prediction per row."""
-        return model_input["x"].astype(float) * self.coef
+        """One prediction per row; a broken model returns one row too few, which no evaluation accepts."""
+        predictions = model_input["x"].astype(float) * self.coef
+        return predictions.iloc[:-1] if self.broken else predictions
 
 
 mlflow.models.set_model(LinearModel())

@@ -171,27 +171,28 @@ class SyntheticTrainer:
                     self._experiment_id = str(found.experiment_id)
             return self._experiment_id
 
-    def model(self, quality: int) -> Path:
-        """The saved synthetic model of this quality (built on first use)."""
+    def model(self, quality: int, *, broken: bool = False) -> Path:
+        """The saved synthetic model of this quality (built on first use); a broken one cannot be scored."""
+        key = -1 if broken else quality
         with self._lock:
-            if quality in self._models:
-                return self._models[quality]
+            if key in self._models:
+                return self._models[key]
             import mlflow
             import mlflow.pyfunc
             import pandas as pd
 
             from signalbox.chaos import synthetic
 
-            path = Path(self._folder.name) / f"q{quality:03d}"
+            path = Path(self._folder.name) / ("broken" if broken else f"q{quality:03d}")
             mlflow.pyfunc.save_model(
                 path,
                 python_model=synthetic.__file__,  # a model from code: loads wherever mlflow and pandas are
-                model_config={"coef": synthetic.coefficient(quality)},
+                model_config={"coef": synthetic.coefficient(quality), "broken": broken},
                 # No signature: MLflow would refuse the integer x of a CSV for a double column.
                 # Given explicitly: inferring them takes seconds.
                 pip_requirements=[f"mlflow=={mlflow.__version__}", f"pandas=={pd.__version__}"],
             )
-            self._models[quality] = path
+            self._models[key] = path
             return path
 
     def train(self, parameters: Mapping[str, str], quality: int) -> tuple[str, str]:
@@ -202,7 +203,8 @@ class SyntheticTrainer:
         model_name = parameters.get("model_name", "")
         if not model_name:
             raise ValueError("the job parameter model_name is missing")
-        local = self.model(quality)
+        # Data named "...-broken..." trains a model that fails every evaluation: a poison message.
+        local = self.model(quality, broken="-broken" in parameters.get("data_uri", ""))
         client = self._mlflow()
         # The job's Signalbox tags go on the run and on the version, as a real training job puts them.
         tags = {k: v for k, v in parameters.items() if k.startswith(TAG_PREFIX)}

@@ -21,6 +21,8 @@ CLAIMS = (
     "no cause launched two trainings",
     "never two production versions of one model",
     "each endpoint serves the version tagged production",
+    "the champion alias points at the production version",
+    "every poison lifecycle",
 )
 
 
@@ -39,6 +41,8 @@ def test_a_bounded_chaos_run_loses_nothing_and_keeps_every_invariant(tmp_path: P
             "3",
             "--kills",
             "2",
+            "--poison-rate",
+            "0.1",
             "--rate",
             "3",
             "--deadline",
@@ -65,3 +69,5 @@ def test_a_bounded_chaos_run_loses_nothing_and_keeps_every_invariant(tmp_path: P
     assert accepted.split()[-1] == str(lifecycles)
     faults = next(row for row in output.splitlines() if "backend faults injected" in row)
     assert not faults.rstrip().endswith(" 0"), faults
+    outcomes = next(row for row in output.splitlines() if "accepted events by outcome" in row)
+    assert "poison dead-lettered" in outcomes, outcomes  # the seed lands poison data: the DLQ path is exercised
