@@ -112,7 +112,7 @@ def decide(registry: Registry) -> float:
 
 def run(quick: bool) -> list[Row]:
     """Median decision time with many versions against few, sampled alternately."""
-    many, few, repeats = (100, 10, 3) if quick else (1000, 10, 15)
+    many, few, repeats = (100, 10, 3) if quick else (1000, 10, 25)
     logging.getLogger("signalbox").setLevel(logging.WARNING)  # the handlers log every step at INFO
     with tempfile.TemporaryDirectory(prefix="signalbox-bench-") as tmp:
         large, small = build(Path(tmp), many), build(Path(tmp), few)
