@@ -9,20 +9,17 @@ ingress enqueues stays in ``STATE_DIR/queues.sqlite3`` for the tests to count.
 from __future__ import annotations
 
 import base64
-import json
 import secrets
 import sqlite3
-import subprocess
-import sys
 import urllib.parse
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from tests.hosting import REPO, RunningHost
+from tests.app_functions import registered_functions
+from tests.hosting import RunningHost
 
 TOLERANCE_SECONDS = 120  # SIGNALBOX_WEBHOOK_TOLERANCE_SECONDS of the host (the default is 300)
 REQUEST_TIMEOUT_SECONDS = 2.0  # the host's --request-timeout, short so slow-client tests stay fast
@@ -64,35 +61,6 @@ def leaks(text: str, values: dict[str, str]) -> list[str]:
     return sorted(name for name, value in values.items() if any(form in text for form in secret_forms(value)))
 
 
-_LIST_FUNCTIONS = """
-import json, azure.functions as func, function_app
-levels = {func.AuthLevel.ANONYMOUS: "anonymous", func.AuthLevel.FUNCTION: "function", func.AuthLevel.ADMIN: "admin"}
-out = []
-for f in function_app.app.get_functions():
-    t = f.get_trigger()
-    level = getattr(t, "auth_level", None)
-    out.append({
-        "name": f.get_function_name(),
-        "trigger": t.get_dict_repr()["type"],
-        "route": getattr(t, "route", None),
-        "methods": sorted(str(getattr(m, "value", m)) for m in (getattr(t, "methods", None) or [])),
-        "auth": None if level is None else levels[level],
-    })
-print(json.dumps(out))
-"""
-
-
-@cache
-def registered_functions() -> list[dict[str, Any]]:
-    """The app's functions as ``app.get_functions()`` reports them.
-
-    ``get_functions`` may run once per app object and other tests index the app too: ask a fresh
-    interpreter. An auth level outside the three enum members fails here (KeyError), not silently.
-    """
-    done = subprocess.run(
-        [sys.executable, "-c", _LIST_FUNCTIONS], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
-    )
-    return list(json.loads(done.stdout))
 
 
 def http_functions() -> list[dict[str, Any]]:
