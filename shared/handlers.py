@@ -59,6 +59,8 @@ class Services:
     queue_depths: QueueDepths | None = None
     # One dead-letter session per operation: each owns the locks it takes.
     dead_letters: Callable[[], AbstractContextManager[DeadLetterPorts]] | None = None
+    # Models this worker has already recorded landed data for (see ``land_blob``).
+    landed: set[str] = field(default_factory=set)
 
     def compute_for(self, model: ModelEntry) -> Compute:
         """The compute backend the model's catalogue entry names."""
@@ -103,8 +105,12 @@ def land_blob(blob: BlobCreated, svc: Services) -> str:
         svc.events.publish("DataRefused", model.name, {"data_uri": blob.url, "reason": problem})
         log.warning("refused %s for model %s: %s", blob.url, model.name, problem)
         return "refused"
-    # Drift and code pushes retrain on the newest landed data.
-    svc.registry.set_model_tag(model.name, domain.LATEST_DATA, blob.url)
+    # Drift and code pushes retrain on the newest landed data. Each landing's training records it
+    # (a registry write per event capped ingest near 330 events/s); the first landing this worker
+    # sees records it at once, so a drift alert that follows finds data before any training ran.
+    if model.name not in svc.landed:
+        svc.registry.set_model_tag(model.name, domain.LATEST_DATA, blob.url)
+        svc.landed.add(model.name)
     svc.events.publish("DataLanded", model.name, {"data_uri": blob.url, "bytes": size})
     svc.bus.send(
         _start(
@@ -252,6 +258,8 @@ def train(envelope: Envelope, svc: Services) -> str:
     data_uri = command.data_uri or svc.registry.model_tags(model.name).get(domain.LATEST_DATA)
     if data_uri is None and model.kind == "trained":
         raise PermanentError(f"model {model.name}: no data has landed yet, so there is nothing to train on")
+    if command.reason == "landing" and command.data_uri:
+        svc.registry.set_model_tag(model.name, domain.LATEST_DATA, command.data_uri)
     commit = command.commit_sha or svc.code_version.get("commit_sha")
     repository = command.repository or svc.code_version.get("repository")
     tags = {

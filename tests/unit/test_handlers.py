@@ -500,3 +500,17 @@ def test_a_promotion_redelivered_after_the_stage_tag_restores_the_challenger_ali
     registry.delete_alias(MODEL, domain.CHALLENGER)  # as if the first delivery died before the alias
     assert handlers.promote(promote, svc) == "pending-approval"
     assert registry.alias_version(MODEL, domain.CHALLENGER) == v1 and registry.stage(MODEL, v1) == "staged"
+
+
+def test_latest_data_is_recorded_at_the_first_landing_then_by_each_landings_training():
+    svc = services()
+    registry: FakeRegistry = svc.registry
+    assert handlers.land_blob(blob("e1", "iris/a.csv", svc=svc), svc) == "train"
+    assert registry.model_tags(MODEL)[domain.LATEST_DATA] == "file:///landing/iris/a.csv"
+    assert handlers.drift_detected(MODEL, "alert-1", svc) == "train"  # data is known before any training
+    assert handlers.land_blob(blob("e2", "iris/b.csv", svc=svc), svc) == "train"
+    assert registry.model_tags(MODEL)[domain.LATEST_DATA] == "file:///landing/iris/a.csv"  # no write per event
+    landings = [t for t in svc.bus.take("train") if t.command.reason == "landing"]
+    for envelope in landings:
+        handlers.train(envelope, svc)
+    assert registry.model_tags(MODEL)[domain.LATEST_DATA] == "file:///landing/iris/b.csv"
