@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 from urllib.parse import unquote, urlsplit
 
 
@@ -28,12 +30,14 @@ class LocalLandingZone:
     def size(self, uri: str) -> int:
         """Bytes in the file; ``OSError`` when it is missing, unreadable or outside ``root``."""
         path = local_path(uri)
-        # Resolved (symlinks, "..") before the check, so no event can make us open a file elsewhere.
-        if self.root is not None and not path.resolve().is_relative_to(self.root):
+        # Resolved (symlinks, "..") before the check, and the resolved path is what is opened, so no
+        # event (nor a link swapped in after the check) can make us open a file elsewhere.
+        real = path.resolve()
+        if self.root is not None and not real.is_relative_to(self.root):
             raise OSError(f"{path} is outside the landing zone {self.root}")
-        with path.open("rb") as handle:  # opening proves it is readable, not just present
+        with real.open("rb") as handle:  # opening proves it is readable, not just present
             handle.read(1)
-        return path.stat().st_size
+            return os.fstat(handle.fileno()).st_size
 
 
 class LocalLifecycleEvents:
@@ -43,6 +47,7 @@ class LocalLifecycleEvents:
         self.path = path
         self.source = source
         self._lock = threading.Lock()
+        self._handle: TextIO | None = None
 
     def publish(self, event_type: str, subject: str, data: Mapping[str, object]) -> None:
         """Append one event."""
@@ -56,6 +61,12 @@ class LocalLifecycleEvents:
             "datacontenttype": "application/json",
             "data": dict(data),
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock, self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(event, default=str) + "\n")
+        line = json.dumps(event, default=str) + "\n"
+        with self._lock:
+            # Kept open: one open per event was a fifth of the ingress path. Append mode writes each
+            # line at the end even with other processes appending too.
+            if self._handle is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._handle = self.path.open("a", encoding="utf-8")
+            self._handle.write(line)
+            self._handle.flush()
