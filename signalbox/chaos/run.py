@@ -612,9 +612,8 @@ def _check(
     report.add("backend faults injected", _faults_text(faults))
     workspace.set_fault_rate(0.0)
     runs = workspace.get("runs")
-    runs = runs.get("runs", runs) if isinstance(runs, dict) else runs
     run_now = workspace.get("run-now-calls")
-    report.add("training runs launched / run-now calls", f"{len(runs)} / {run_now.get('count', run_now)}")
+    report.add("training runs launched / run-now calls", f"{len(runs)} / {run_now['count']}")
 
     by_uri: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
@@ -717,15 +716,10 @@ def _check(
     return report
 
 
-def _faults_text(faults: Any) -> str:
-    if not isinstance(faults, dict):
-        return str(faults)
-    total = faults.get("total")
-    kinds = faults.get("by_kind") or faults.get("kinds") or {}
-    text = ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())) if isinstance(kinds, dict) else str(kinds)
-    requests_seen = faults.get("requests")
-    head = f"{total} of {requests_seen} requests" if total is not None and requests_seen is not None else f"{total}"
-    return f"{head} ({text})" if text else head
+def _faults_text(faults: dict[str, Any]) -> str:
+    """``N of M requests (kind: n, ...)`` from the workspace's fault counts."""
+    kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(faults["by_kind"].items()))
+    return f"{faults['total']} of {faults['requests']} requests" + (f" ({kinds})" if kinds else "")
 
 
 def _outcome(
