@@ -263,13 +263,7 @@ def landed(secure: SecureHost) -> None:
         "dataVersion": "",
         "data": {"api": "PutBlob", "url": target.resolve().as_uri(), "contentLength": 24},
     }
-    answer = requests.post(
-        f"{secure.url}/runtime/webhooks/EventGrid",
-        params={"functionName": "landing_events"},
-        headers={"x-functions-key": secure.host.event_grid_key},
-        json=[event],
-        timeout=60,
-    )
+    answer = secure.deliver("landing_events", [event])
     assert answer.status_code == 200, answer.text
 
 

@@ -199,13 +199,7 @@ def test_a_model_registered_event_with_an_impossible_version_is_refused(secure: 
         "data": {"ModelName": "iris-classifier", "ModelVersion": version},
     }
     before = secure.enqueued()
-    answer = requests.post(
-        f"{secure.url}/runtime/webhooks/EventGrid",
-        params={"functionName": "workspace_events"},
-        headers={"x-functions-key": secure.host.event_grid_key},
-        json=[event],
-        timeout=60,
-    )
+    answer = secure.deliver("workspace_events", [event])
     assert answer.status_code == 200, answer.text
     assert secure.enqueued() == before
     assert any(e["data"]["event_id"] == event["id"] for e in _events(secure, "EventRefused"))
@@ -278,13 +272,7 @@ BLOB_CASES: dict[str, Callable[[Path, Path], dict[str, Any]]] = {
 def test_blob_paths_that_leave_the_landing_zone_are_refused(secure: SecureHost, outside: Path, case: str) -> None:
     event = BLOB_CASES[case](_landing(secure), outside)
     before = secure.enqueued()
-    answer = requests.post(
-        f"{secure.url}/runtime/webhooks/EventGrid",
-        params={"functionName": "landing_events"},
-        headers={"x-functions-key": secure.host.event_grid_key, "aeg-event-type": "Notification"},
-        json=[event],
-        timeout=60,
-    )
+    answer = secure.deliver("landing_events", [event], **{"aeg-event-type": "Notification"})
     # Refused once and recorded (EventRefused); a 5xx would make Event Grid retry it for a day.
     assert answer.status_code == 200, answer.text
     assert secure.enqueued() == before
@@ -296,13 +284,7 @@ def test_a_symlink_out_of_the_landing_zone_is_refused_unread(secure: SecureHost,
     link = _landing(secure) / "iris" / "link.csv"
     event = _blob_event("iris/link.csv", link.as_uri())
     before = secure.enqueued()
-    answer = requests.post(
-        f"{secure.url}/runtime/webhooks/EventGrid",
-        params={"functionName": "landing_events"},
-        headers={"x-functions-key": secure.host.event_grid_key},
-        json=[event],
-        timeout=60,
-    )
+    answer = secure.deliver("landing_events", [event])
     assert answer.status_code == 200, answer.text
     assert secure.enqueued() == before
     (refusal,) = [e for e in _events(secure, "DataRefused") if e["data"]["data_uri"] == link.as_uri()]
