@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     chaos = commands.add_parser(
         "chaos", help="the fault-injection run: many lifecycles while backends fail and the host is killed"
     )
-    from signalbox.chaos.run import build_parser as chaos_options
+    from signalbox.chaos.options import build_parser as chaos_options
 
     chaos_options(chaos)
 
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_demo(state_dir=args.state_dir, port=args.port, keep=args.keep)
     if args.command == "chaos":
-        from signalbox.chaos.run import config_from, run_chaos
+        from signalbox.chaos.options import config_from
+        from signalbox.chaos.run import run_chaos
 
         return run_chaos(config_from(args))
     from signalbox import client
