@@ -8,6 +8,7 @@ import azure.functions as func
 
 from functions.http_util import json_response, problem
 from shared import runtime
+from shared.errors import NotAwaitingApproval, UnknownModel
 
 bp = func.Blueprint()
 
@@ -40,11 +41,9 @@ def approval(req: func.HttpRequest) -> func.HttpResponse:
     svc = runtime.services()
     try:
         outcome = handlers.request_approval_decision(model, version, decision == "approve", who, svc)
-    except KeyError as exc:
-        return problem(404, str(exc.args[0]))
-    except LookupError as exc:
+    except LookupError as exc:  # UnknownModel, UnknownVersion
         return problem(404, str(exc))
-    except ValueError as exc:
+    except NotAwaitingApproval as exc:
         return problem(409, str(exc))
     return json_response({"model": model, "version": version, "decision": outcome}, 202)
 
@@ -58,8 +57,8 @@ def status(req: func.HttpRequest) -> func.HttpResponse:
     model = req.route_params["model"]
     try:
         return json_response(lifecycle(model, svc))
-    except KeyError as exc:
-        return problem(404, str(exc.args[0]))
+    except UnknownModel as exc:
+        return problem(404, str(exc))
 
 
 @bp.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)

@@ -55,7 +55,7 @@ def _log_progress(what: str) -> Any:
 def deadletters_list(req: func.HttpRequest) -> func.HttpResponse:
     """The dead letters of every queue (or of ``?queue=``), filtered by the query string."""
     from shared import deadletters
-    from shared.adapters.local_deadletters import deadletter_ports
+    from shared.adapters.local.deadletters import deadletter_ports
 
     try:
         filters = deadletters.parse_filters(dict(req.params), now=_now())
@@ -72,7 +72,7 @@ def deadletters_list(req: func.HttpRequest) -> func.HttpResponse:
 def deadletters_show(req: func.HttpRequest) -> func.HttpResponse:
     """One dead letter with everything: body, application properties, full description."""
     from shared import deadletters
-    from shared.adapters.local_deadletters import deadletter_ports
+    from shared.adapters.local.deadletters import deadletter_ports
 
     message_id = req.route_params.get("message_id", "")
     unknown = sorted(set(req.params) - {"queue"})
@@ -92,7 +92,7 @@ def deadletters_show(req: func.HttpRequest) -> func.HttpResponse:
 def deadletters_replay(req: func.HttpRequest) -> func.HttpResponse:
     """Replay the dead letters the body selects (``dry_run``: only say which would move)."""
     from shared import deadletters
-    from shared.adapters.local_deadletters import deadletter_ports
+    from shared.adapters.local.deadletters import deadletter_ports
 
     try:
         body = _body(req)
@@ -118,7 +118,7 @@ def deadletters_replay(req: func.HttpRequest) -> func.HttpResponse:
 def deadletters_purge(req: func.HttpRequest) -> func.HttpResponse:
     """Delete the dead letters the body selects; ``"confirm"`` must name the queue (``all`` for every queue)."""
     from shared import deadletters
-    from shared.adapters.local_deadletters import deadletter_ports
+    from shared.adapters.local.deadletters import deadletter_ports
 
     try:
         body = _body(req)

@@ -65,9 +65,9 @@ def bootstrap(settings: Settings | None = None) -> Services:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     tracking, registry_uri = _mlflow_uris(settings)
 
-    from shared.adapters.local_deadletters import ports_from_settings
-    from shared.adapters.mlflow_evaluator import MlflowEvaluator
-    from shared.adapters.mlflow_registry import MlflowRegistry
+    from shared.adapters.local.deadletters import ports_from_settings
+    from shared.adapters.mlflow.evaluator import MlflowEvaluator
+    from shared.adapters.mlflow.registry import MlflowRegistry
     from shared.queue_depths import queue_depths
 
     return Services(
@@ -89,7 +89,7 @@ def bootstrap(settings: Settings | None = None) -> Services:
 
 def _mlflow_uris(settings: Settings) -> tuple[str, str | None]:
     if settings.registry == "azureml" and not settings.tracking_uri:
-        from shared.adapters.azureml_compute import workspace_tracking_uri
+        from shared.adapters.azureml.compute import workspace_tracking_uri
 
         uri = workspace_tracking_uri(
             settings.azureml_subscription_id, settings.azureml_resource_group, settings.azureml_workspace
@@ -100,21 +100,21 @@ def _mlflow_uris(settings: Settings) -> tuple[str, str | None]:
 
 def _bus(settings: Settings) -> Bus:
     if settings.bus == "servicebus":
-        from shared.adapters.servicebus_bus import ServiceBusBus
+        from shared.adapters.servicebus.bus import ServiceBusBus
 
         return ServiceBusBus(
             fully_qualified_namespace=settings.servicebus_namespace or None,
             connection_string=None if settings.servicebus_namespace else settings.servicebus_connection,
         )
-    from shared.adapters.local_bus import LocalBus
-    from shared.adapters.local_queues import LocalQueues
+    from shared.adapters.local.bus import LocalBus
+    from shared.adapters.local.queues import LocalQueues
 
     return LocalBus(LocalQueues(settings.state_dir / "queues.sqlite3"))
 
 
 def _compute(backend: str, settings: Settings, tracking: str) -> Compute:
     if backend == "databricks":
-        from shared.adapters.databricks_compute import DatabricksCompute
+        from shared.adapters.databricks.compute import DatabricksCompute
 
         return DatabricksCompute(
             host=settings.databricks_host or None,
@@ -122,21 +122,21 @@ def _compute(backend: str, settings: Settings, tracking: str) -> Compute:
             http_timeout_seconds=settings.databricks_http_timeout_seconds,
         )
     if backend == "azureml":
-        from shared.adapters.azureml_compute import AzureMLCompute
+        from shared.adapters.azureml.compute import AzureMLCompute
 
         return AzureMLCompute(
             subscription_id=settings.azureml_subscription_id,
             resource_group=settings.azureml_resource_group,
             workspace=settings.azureml_workspace,
         )
-    from shared.adapters.local_compute import LocalCompute
+    from shared.adapters.local.compute import LocalCompute
 
     return LocalCompute(settings.state_dir, tracking)
 
 
 def _serving(settings: Settings, tracking: str, registry_uri: str | None) -> Serving:
     if settings.serving == "databricks":
-        from shared.adapters.databricks_serving import DatabricksServing
+        from shared.adapters.databricks.serving import DatabricksServing
 
         return DatabricksServing(
             host=settings.databricks_host or None,
@@ -144,7 +144,7 @@ def _serving(settings: Settings, tracking: str, registry_uri: str | None) -> Ser
             http_timeout_seconds=settings.databricks_http_timeout_seconds,
         )
     if settings.serving == "azureml":
-        from shared.adapters.azureml_serving import AzureMLServing
+        from shared.adapters.azureml.serving import AzureMLServing
 
         return AzureMLServing(
             subscription_id=settings.azureml_subscription_id,
@@ -152,26 +152,26 @@ def _serving(settings: Settings, tracking: str, registry_uri: str | None) -> Ser
             workspace=settings.azureml_workspace,
             instance_type=settings.azureml_instance_type,
         )
-    from shared.adapters.local_serving import LocalServing
+    from shared.adapters.local.serving import LocalServing
 
     return LocalServing(settings.state_dir, tracking, settings.host_url, registry_uri=registry_uri)
 
 
 def _landing(settings: Settings) -> LandingZone:
     if settings.landing == "blob":
-        from shared.adapters.blob_landing import BlobLandingZone
+        from shared.adapters.azure.landing import BlobLandingZone
 
         return BlobLandingZone()
-    from shared.adapters.local_landing import LocalLandingZone
+    from shared.adapters.local.landing import LocalLandingZone
 
     return LocalLandingZone(settings.landing_dir)
 
 
 def _events(settings: Settings) -> LifecycleEvents:
     if settings.events == "eventgrid":
-        from shared.adapters.eventgrid_events import EventGridLifecycleEvents
+        from shared.adapters.azure.events import EventGridLifecycleEvents
 
         return EventGridLifecycleEvents(settings.eventgrid_endpoint, key=settings.eventgrid_key or None)
-    from shared.adapters.local_landing import LocalLifecycleEvents
+    from shared.adapters.local.landing import LocalLifecycleEvents
 
     return LocalLifecycleEvents(settings.state_dir / "events.jsonl")

@@ -38,10 +38,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shared.errors import InvalidInput, UnknownModel
 from shared.queues import parse_iso_duration
 
 
-class CatalogueError(ValueError):
+class CatalogueError(InvalidInput):
     """The catalogue file is missing or an entry is invalid."""
 
 
@@ -128,14 +129,11 @@ class Catalogue(_Strict):
     models: dict[str, ModelEntry]
 
     def get(self, name: str) -> ModelEntry:
-        """One entry; ``KeyError`` naming the known models when absent."""
+        """One entry; ``UnknownModel`` naming the known models when absent."""
         try:
             return self.models[name]
         except KeyError:
-            raise KeyError(
-                f"model {name!r} is not in the catalogue {self.source} "
-                f"(known: {', '.join(sorted(self.models)) or 'none'})"
-            ) from None
+            raise UnknownModel(name, self.source, sorted(self.models)) from None
 
     def for_blob(self, container: str, blob_path: str) -> ModelEntry | None:
         """The model whose landing prefix holds the blob (the longest prefix wins)."""

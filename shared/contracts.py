@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared import queues
+from shared.errors import InvalidInput
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
@@ -23,7 +24,7 @@ SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 _MESSAGE_NAMESPACE = uuid.UUID("6f1d3c52-7a0e-4c53-9d8e-5b1f0e6a2c11")
 
 
-class ContractError(ValueError):
+class ContractError(InvalidInput):
     """A message body that is not a valid command; ``field`` names what is wrong."""
 
     def __init__(self, field: str, problem: str) -> None:

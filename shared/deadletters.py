@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from shared.errors import InvalidInput
+
 __all__ = [
     "ALL_QUEUES",
     "DEAD_LETTER_PROPERTIES",
@@ -78,7 +80,7 @@ _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$", re.IGNORECASE)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-class ConfirmationRequired(ValueError):
+class ConfirmationRequired(InvalidInput):
     """A purge was asked for without the confirmation it needs; the message says what to type."""
 
 

@@ -46,6 +46,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
 from urllib.parse import unquote, urlsplit
 
+from shared.errors import InvalidInput
+
 __all__ = [
     "BLOB_CREATED_TYPE",
     "CLOUDEVENTS_SPECVERSION",
@@ -95,7 +97,7 @@ _MAX_BLOB_NAME = 1024  # Azure Storage's limit on a blob name
 _MAX_VERSION = 2**31 - 1
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(InvalidInput):
     """A delivery or event that is not valid; ``field`` names what is wrong, ``problem`` says how."""
 
     def __init__(self, field: str, problem: str) -> None:

@@ -26,11 +26,11 @@ from shared.contracts import (
     TrainModel,
 )
 from shared.domain import Approval, Stage
-from shared.errors import PermanentError, TransientError
+from shared.errors import NotAwaitingApproval, PermanentError, TransientError, UnknownModel
 from shared.ports import Deployment, JobRequest
 
 if TYPE_CHECKING:
-    from shared.adapters.local_deadletters import DeadLetterPorts
+    from shared.adapters.local.deadletters import DeadLetterPorts
     from shared.catalogue import Catalogue, ModelEntry
     from shared.events import BlobCreated, DriftAlert
     from shared.ports import Bus, Clock, Compute, Evaluator, LandingZone, LifecycleEvents, Registry, Serving
@@ -80,8 +80,8 @@ def _start(svc: Services, command: object, cause: str, environment: str | None =
 def _known_model(svc: Services, name: str) -> ModelEntry | None:
     try:
         return svc.catalogue.get(name)
-    except KeyError as exc:
-        log.warning("ignored: %s", exc.args[0])
+    except UnknownModel as exc:
+        log.warning("ignored: %s", exc)
         return None
 
 
@@ -232,7 +232,7 @@ def request_approval_decision(model_name: str, version: str, approve: bool, who:
     model = svc.catalogue.get(model_name)
     current = svc.registry.get_version(model.name, version)
     if current.tags.get(domain.APPROVAL) != Approval.PENDING or domain.stage_of(current) is not Stage.STAGED:
-        raise ValueError(
+        raise NotAwaitingApproval(
             f"{model_name} v{version} is not waiting for approval "
             f"(stage={current.tags.get(domain.STAGE, 'none')}, approval={current.tags.get(domain.APPROVAL, 'none')})"
         )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from shared.queues import QUEUES
 
 if TYPE_CHECKING:
-    from shared.adapters.local_queues import LocalQueues
+    from shared.adapters.local.queues import LocalQueues
     from shared.settings import Settings
 
 COUNTS = ("active", "scheduled", "locked", "dead_letter")
@@ -110,6 +110,6 @@ def queue_depths(settings: Settings) -> QueueDepths:
             fully_qualified_namespace=settings.servicebus_namespace or None,
             connection_string=None if settings.servicebus_namespace else settings.servicebus_connection or None,
         )
-    from shared.adapters.local_queues import LocalQueues
+    from shared.adapters.local.queues import LocalQueues
 
     return LocalQueueDepths(LocalQueues(settings.state_dir / "queues.sqlite3"))

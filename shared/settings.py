@@ -13,8 +13,10 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.errors import InvalidInput
 
-class SettingsError(ValueError):
+
+class SettingsError(InvalidInput):
     """A setting is missing or wrong; the message names it."""
 
 

@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from shared.errors import InvalidInput
+
 __all__ = [
     "DatabricksEvent",
     "GithubPush",
@@ -47,7 +49,7 @@ DATABRICKS_SIGNATURE_HEADER = "X-Databricks-Signature"
 _MAX_ID_LENGTH = 200
 
 
-class WebhookRejected(ValueError):
+class WebhookRejected(InvalidInput):
     """An inbound webhook that must not be processed; ``status`` is the HTTP answer."""
 
     def __init__(self, status: int, message: str) -> None:

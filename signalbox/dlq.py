@@ -254,7 +254,7 @@ class DirectBackend:
     """The local queues of a state dir, opened here (a host may run on them at the same time)."""
 
     def __init__(self, state_dir: Path) -> None:
-        from shared.adapters.local_deadletters import LocalDeadLetters, local_queues
+        from shared.adapters.local.deadletters import LocalDeadLetters, local_queues
 
         try:
             self.ports = LocalDeadLetters(local_queues(state_dir, must_exist=True))

@@ -118,7 +118,7 @@ class Embedded:
 
 def stop_endpoints(state_dir: Path) -> None:
     """Stop every local scoring server recorded in the state dir."""
-    from shared.adapters.local_serving import LocalServing
+    from shared.adapters.local.serving import LocalServing
     from shared.ports import Deployment
 
     serving = LocalServing(state_dir, "", "")

@@ -356,7 +356,7 @@ class Sampler:
 
 
 def _queues(state_dir: Path) -> Any:
-    from shared.adapters.local_queues import LocalQueues
+    from shared.adapters.local.queues import LocalQueues
 
     return LocalQueues(state_dir / "queues.sqlite3")
 

@@ -5,7 +5,7 @@
 
 One HTTP port (``Workspace.url``) serves three things, all state in memory behind one lock:
 
-- **The Databricks REST subset the real adapters call** (``shared/adapters/databricks_compute.py``
+- **The Databricks REST subset the real adapters call** (``shared/adapters/databricks/compute.py``
   and ``databricks_serving.py`` through databricks-sdk): ``jobs/list``, ``jobs/get``, ``jobs/run-now``
   (an ``idempotency_token`` seen before returns that run and launches nothing), ``jobs/runs/get``,
   ``jobs/runs/get-output``, ``jobs/runs/cancel`` (API 2.0, 2.1 and 2.2 paths); serving endpoints

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from shared.adapters.local_serving import resolve_route
+from shared.adapters.local.serving import resolve_route
 
 __all__ = ["proxy_invocation"]
 

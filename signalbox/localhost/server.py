@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from shared.adapters.local_queues import LocalQueues
+from shared.adapters.local.queues import LocalQueues
 from shared.events import InvalidEvent, parse_delivery, validation_code
 from signalbox.localhost.config import (
     HostConfig,

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.adapters.local_queues import LocalQueues, MessageLockLost, ReceivedMessage
+from shared.adapters.local.queues import LocalQueues, MessageLockLost, ReceivedMessage
 from signalbox.localhost.config import HostConfigError, ServiceBusOptions, resolve_app_setting_refs
 from signalbox.localhost.index import HostedFunction
 from signalbox.localhost.schedule import parse_schedule

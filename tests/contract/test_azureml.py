@@ -40,8 +40,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from shared.adapters.azureml_compute import AzureMLCompute, workspace_tracking_uri
-from shared.adapters.azureml_serving import AzureMLServing
+from shared.adapters.azureml.compute import AzureMLCompute, workspace_tracking_uri
+from shared.adapters.azureml.serving import AzureMLServing
 from shared.errors import PermanentError, TransientError
 from shared.ports import Deployment, JobRequest
 from tests.tls import self_signed_certificate
@@ -1071,7 +1071,7 @@ def test_a_failed_traffic_update_is_permanent(fake: FakeAzureML) -> None:
 
 def test_importing_the_adapters_loads_no_azure_sdk() -> None:
     code = (
-        "import sys, shared.adapters.azureml_compute, shared.adapters.azureml_serving\n"
+        "import sys, shared.adapters.azureml.compute, shared.adapters.azureml.serving\n"
         "print(sorted(m for m in sys.modules if m.startswith(('azure.ai.ml', 'azure.identity', 'azure.core'))))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import pytest
 
-from shared.adapters.blob_landing import BlobLandingZone
+from shared.adapters.azure.landing import BlobLandingZone
 
 BLOBS = {"/devstoreaccount1/landing/iris/batch-001.csv": 2717, "/devstoreaccount1/landing/iris/empty.csv": 0}
 

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import requests
 
-from shared.adapters.databricks_compute import DatabricksCompute
-from shared.adapters.databricks_serving import DatabricksServing
-from shared.adapters.mlflow_evaluator import MlflowEvaluator
+from shared.adapters.databricks.compute import DatabricksCompute
+from shared.adapters.databricks.serving import DatabricksServing
+from shared.adapters.mlflow.evaluator import MlflowEvaluator
 from shared.errors import PermanentError, TransientError
 from shared.ports import Deployment, JobRequest, RunStatus
 from signalbox.chaos.synthetic import coefficient

@@ -24,8 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from shared import domain, handlers
-from shared.adapters.databricks_compute import DatabricksCompute
-from shared.adapters.databricks_serving import DatabricksServing, served_entity_name
+from shared.adapters.databricks.compute import DatabricksCompute
+from shared.adapters.databricks.serving import DatabricksServing, served_entity_name
 from shared.contracts import DeployVersion, Envelope
 from shared.errors import PermanentError, TransientError
 from shared.ports import Deployment, JobRequest

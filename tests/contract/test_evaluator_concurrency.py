@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters import mlflow_evaluator
-from shared.adapters.mlflow_evaluator import MlflowEvaluator
+from shared.adapters.mlflow import evaluator as mlflow_evaluator
+from shared.adapters.mlflow.evaluator import MlflowEvaluator
 from signalbox.chaos import synthetic
 from signalbox.chaos.workspace import SyntheticTrainer
 

@@ -24,8 +24,8 @@ import pytest
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError
 
-from shared.adapters.eventgrid_events import LIFECYCLE_EVENT_TYPES, EventGridLifecycleEvents
-from shared.adapters.local_landing import LocalLifecycleEvents
+from shared.adapters.azure.events import LIFECYCLE_EVENT_TYPES, EventGridLifecycleEvents
+from shared.adapters.local.landing import LocalLifecycleEvents
 from shared.errors import PermanentError, TransientError
 from tests.tls import self_signed_certificate
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.local_compute import LocalCompute
-from shared.adapters.mlflow_evaluator import MlflowEvaluator
+from shared.adapters.local.compute import LocalCompute
+from shared.adapters.mlflow.evaluator import MlflowEvaluator
 from shared.ports import JobRequest, RunStatus
 from signalbox.examples.iris.data import FEATURES, write_batch, write_evaluation
 
@@ -237,7 +237,7 @@ def test_a_job_launched_by_another_process_is_followed_after_that_process_exits(
         import sys
         from pathlib import Path
         sys.path.insert(0, {str(REPO)!r})
-        from shared.adapters.local_compute import LocalCompute
+        from shared.adapters.local.compute import LocalCompute
         from shared.ports import JobRequest
         compute = LocalCompute(Path({str(env.state)!r}), {env.tracking_uri!r},
                                extra_env={{"PYTHONPATH": {str(env.jobs_path)!r}}})

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from shared.adapters.local_serving import LocalServing, resolve_route
+from shared.adapters.local.serving import LocalServing, resolve_route
 from shared.ports import Deployment
 from signalbox.localhost.endpoints import proxy_invocation
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from shared.adapters.mlflow_registry import MlflowRegistry
+from shared.adapters.mlflow.registry import MlflowRegistry
 from shared.webhooks import WebhookRejected, parse_mlflow, verify_mlflow
 from signalbox.mlflow_server import (
     MlflowServer,

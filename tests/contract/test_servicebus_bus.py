@@ -20,8 +20,8 @@ from azure.core.exceptions import ClientAuthenticationError
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusMessageBatch
 from azure.servicebus import exceptions as sb
 
-from shared.adapters import local_bus
-from shared.adapters.servicebus_bus import ServiceBusBus, to_servicebus_message
+from shared.adapters.local import bus as local_bus
+from shared.adapters.servicebus.bus import ServiceBusBus, to_servicebus_message
 from shared.contracts import DeployVersion, Envelope, EvaluateVersion, PromoteVersion, TrainModel
 from shared.errors import PermanentError, TransientError
 
@@ -500,7 +500,7 @@ def test_the_namespace_uses_default_azure_credential_unless_given_one(monkeypatc
 
 def test_importing_the_adapters_imports_no_azure_sdk():
     code = (
-        "import sys, shared.adapters.servicebus_bus, shared.adapters.eventgrid_events\n"
+        "import sys, shared.adapters.servicebus.bus, shared.adapters.azure.events\n"
         "print(sorted(m for m in sys.modules if m.startswith('azure')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from shared.adapters.local_queues import LocalQueues
+from shared.adapters.local.queues import LocalQueues
 from tests.app_functions import registered_functions
 from tests.fuzz.harness import (
     CATALOGUE,

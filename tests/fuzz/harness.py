@@ -28,7 +28,7 @@ from urllib.parse import unquote
 import requests
 from hypothesis import HealthCheck, settings
 
-from shared.adapters.local_queues import LocalQueues, OutboundMessage
+from shared.adapters.local.queues import LocalQueues, OutboundMessage
 from tests.hosting import RunningHost
 
 # The catalogue of tests/fuzz/catalogue.toml: model → strings that name it in an event or a path.

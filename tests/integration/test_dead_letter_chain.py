@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.local_queues import LocalQueues
+from shared.adapters.local.queues import LocalQueues
 from tests.integration.test_lifecycle import REPO, running_stack
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from shared.adapters.local_queues import LocalQueues
+from shared.adapters.local.queues import LocalQueues
 from tests.hosting import REPO, start_host
 
 

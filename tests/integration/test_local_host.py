@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from shared.adapters.local_queues import LocalQueues, OutboundMessage
+from shared.adapters.local.queues import LocalQueues, OutboundMessage
 from shared.queues import load_queue_specs
 from tests.hosting import REPO, RunningHost, start_host, wait_for
 

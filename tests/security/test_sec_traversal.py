@@ -3,7 +3,7 @@
 Every case is answered 4xx (or 200 "ignored"/"refused" for an event, which Event Grid must not retry),
 never 5xx; nothing is enqueued; no file outside the landing zone is opened; no MLflow filter is
 built from user text. Validation points: the catalogue (model names), ``shared/events.py`` (BlobCreated
-subject and URL), ``shared/adapters/local_landing.py`` (the landing root), ``shared/webhooks.py``
+subject and URL), ``shared/adapters/local/landing.py`` (the landing root), ``shared/webhooks.py``
 (version numbers), the host's route matching and ``resolve_route`` (endpoint names).
 """
 
@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 import requests
 
-from shared.adapters.local_landing import LocalLandingZone
+from shared.adapters.local.landing import LocalLandingZone
 from shared.catalogue import CatalogueError, load_catalogue
 from shared.events import InboundEvent, InvalidEvent, interpret
 from tests.security.stack import SecureHost
@@ -389,7 +389,7 @@ def test_the_catalogue_keeps_ordinary_and_unity_catalog_names(tmp_path: Path) ->
 
 
 def test_mlflow_searches_never_take_user_text_as_filter_syntax(tmp_path: Path) -> None:
-    from shared.adapters.mlflow_registry import MlflowRegistry
+    from shared.adapters.mlflow.registry import MlflowRegistry
 
     registry = MlflowRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = registry._client

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared.catalogue import CatalogueError, load_catalogue
+from shared.errors import UnknownModel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,5 +97,5 @@ def test_blobs_route_to_the_longest_matching_prefix(tmp_path):
     assert catalogue.for_blob("landing", "churn/a.csv").name == "churn"
     assert catalogue.for_blob("landing", "churn/vip/a.csv").name == "churnvip"
     assert catalogue.for_blob("other", "churn/a.csv") is None
-    with pytest.raises(KeyError, match="known: churn, churnvip"):
+    with pytest.raises(UnknownModel, match="known: churn, churnvip"):
         catalogue.get("nope")

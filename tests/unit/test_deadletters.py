@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from shared import deadletters as dl
-from shared.adapters.local_deadletters import LocalDeadLetters, to_dead_letter
-from shared.adapters.local_queues import LocalQueues, MessageLockLost, OutboundMessage
+from shared.adapters.local.deadletters import LocalDeadLetters, to_dead_letter
+from shared.adapters.local.queues import LocalQueues, MessageLockLost, OutboundMessage
 from shared.deadletters import DeadLetter, Filters
 from shared.queues import QUEUES_FILE, load_queue_specs
 
@@ -612,7 +612,7 @@ class StandInClient:
 
 
 def sb_store(client: StandInClient) -> Any:
-    from shared.adapters.servicebus_deadletters import ServiceBusDeadLetters
+    from shared.adapters.servicebus.deadletters import ServiceBusDeadLetters
 
     return ServiceBusDeadLetters(client_factory=lambda: client, queue_names=[TRAIN, PROMOTE], max_wait_time=0.01)
 
@@ -704,7 +704,7 @@ def test_servicebus_purge_completes_without_sending():
 
 
 def test_servicebus_adapter_needs_a_namespace_or_a_connection_string():
-    from shared.adapters.servicebus_deadletters import ServiceBusDeadLetters
+    from shared.adapters.servicebus.deadletters import ServiceBusDeadLetters
 
     with pytest.raises(ValueError, match="exactly one of"):
         ServiceBusDeadLetters()

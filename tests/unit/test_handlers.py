@@ -9,6 +9,7 @@ import pytest
 
 from shared import domain, handlers
 from shared.contracts import Envelope, TrainModel
+from shared.errors import NotAwaitingApproval
 from shared.events import BlobCreated, DriftAlert
 from shared.ports import RunStatus
 from shared.webhooks import GithubPush
@@ -136,7 +137,7 @@ def test_manual_approval_waits_then_deploys_and_rejection_unstages():
     assert handlers.request_approval_decision(MODEL, v1, True, "alice", svc) == "approved"
     assert drain(svc) == ["promote:deploy", "deploy:deployed"]
     assert svc.registry.get_version(MODEL, v1).tags["approved_by"] == "alice"
-    with pytest.raises(ValueError, match="not waiting for approval"):
+    with pytest.raises(NotAwaitingApproval, match="not waiting for approval"):
         handlers.request_approval_decision(MODEL, v1, True, "alice", svc)
     v2 = train_to_version(svc, accuracy=0.9, event_id="b")
     drain(svc)

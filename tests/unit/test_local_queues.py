@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.local_queues import (
+from shared.adapters.local.queues import (
     LocalQueues,
     MessageLockLost,
     OutboundMessage,
@@ -509,7 +509,7 @@ def test_racing_threads_never_receive_the_same_message(queues: LocalQueues) -> N
 _WORKER = """
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from shared.adapters.local_queues import LocalQueues
+from shared.adapters.local.queues import LocalQueues
 
 queues = LocalQueues(sys.argv[2])
 print("ready", flush=True)
@@ -570,7 +570,7 @@ def test_two_processes_process_each_message_exactly_once(db: Path) -> None:
 _CRASHING_WORKER = """
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from shared.adapters.local_queues import LocalQueues
+from shared.adapters.local.queues import LocalQueues
 
 queues = LocalQueues(sys.argv[2])
 print("ready", flush=True)

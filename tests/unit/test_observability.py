@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from shared import observability
-from shared.adapters.local_bus import to_message
+from shared.adapters.local.bus import to_message
 from shared.contracts import Envelope, EvaluateVersion, TrainModel
 
 EXPORTER = InMemorySpanExporter()

@@ -22,7 +22,7 @@ import pytest
 
 from functions import ops_page
 from shared import domain, runtime
-from shared.adapters.local_queues import LocalQueues, OutboundMessage
+from shared.adapters.local.queues import LocalQueues, OutboundMessage
 from shared.handlers import Services
 from shared.queue_depths import LocalQueueDepths, ServiceBusQueueDepths, queue_depths
 from shared.queues import QUEUES

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from shared.adapters.azureml_compute import Workspace, azure_errors, describe, redact
+from shared.adapters.azureml.compute import Workspace, azure_errors, describe, redact
 from shared.errors import PermanentError, TransientError
 from shared.ports import Deployment, Readiness
 

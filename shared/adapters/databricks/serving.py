@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from shared.adapters.databricks_compute import (
+from shared.adapters.databricks.compute import (
     DEFAULT_HTTP_TIMEOUT_SECONDS,
     DEFAULT_RETRY_TIMEOUT_SECONDS,
     LazyWorkspace,

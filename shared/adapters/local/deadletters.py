@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from shared.adapters.local_queues import LocalQueues, OutboundMessage, ReceivedMessage
+from shared.adapters.local.queues import LocalQueues, OutboundMessage, ReceivedMessage
 from shared.deadletters import DeadLetter, DeadLetterStore, ReplayMessage, ReplaySender, replay_count_of
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class LocalDeadLetters:
 
     def release_all(self) -> None:
         """Unlock every dead letter still locked here (a lost lock is already released)."""
-        from shared.adapters.local_queues import MessageLockLost
+        from shared.adapters.local.queues import MessageLockLost
 
         with self._lock:
             held, self._tokens = self._tokens, {}
@@ -154,7 +154,7 @@ def ports_from_settings(settings: Settings) -> Iterator[DeadLetterPorts]:
     To move into ``shared/bootstrap.py`` beside ``_bus`` (one composition root).
     """
     if settings.bus == "servicebus":
-        from shared.adapters.servicebus_deadletters import ServiceBusDeadLetters
+        from shared.adapters.servicebus.deadletters import ServiceBusDeadLetters
 
         cloud = ServiceBusDeadLetters(
             fully_qualified_namespace=settings.servicebus_namespace or None,

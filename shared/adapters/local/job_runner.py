@@ -1,4 +1,4 @@
-"""Runs one local job and records how it ended: ``python -m shared.adapters.local_job_runner JOBDIR -- ARGV...``.
+"""Runs one local job and records how it ended: ``python -m shared.adapters.local.job_runner JOBDIR -- ARGV...``.
 
 ``LocalCompute`` starts this wrapper as the leader of a new session, with stdout and stderr
 going to ``JOBDIR/job.log``; the job inherits both and the process group. When the job ends
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the job after ``--`` and record its exit code in the job directory."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 3 or args[1] != "--":
-        print("usage: python -m shared.adapters.local_job_runner JOBDIR -- ARGV...", file=sys.stderr)
+        print("usage: python -m shared.adapters.local.job_runner JOBDIR -- ARGV...", file=sys.stderr)
         return 2
     jobdir, command = Path(args[0]), args[2:]
     signal.signal(signal.SIGTERM, _on_sigterm)

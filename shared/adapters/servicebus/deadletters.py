@@ -19,7 +19,7 @@ Service Bus does not record when a message was dead-lettered: ``dead_lettered_ti
 ``None``, and a ``since`` filter compares the enqueued time instead. Received application
 properties come back with ``bytes`` keys and string values; they are decoded to ``str``.
 
-One instance per run (``shared.adapters.local_deadletters.ports_from_settings`` builds it and
+One instance per run (``shared.adapters.local.deadletters.ports_from_settings`` builds it and
 closes it): its held locks belong to that run.
 """
 
@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from shared.adapters.servicebus_bus import servicebus_client
+from shared.adapters.servicebus.bus import servicebus_client
 from shared.deadletters import DeadLetter, ReplayMessage, replay_count_of
 
 __all__ = ["ServiceBusDeadLetters", "to_dead_letter"]

@@ -1,6 +1,6 @@
 """Lifecycle events out to an Event Grid custom topic, as CloudEvents 1.0 (azure-eventgrid).
 
-The events are those :class:`shared.adapters.local_landing.LocalLifecycleEvents` writes locally:
+The events are those :class:`shared.adapters.local.landing.LocalLifecycleEvents` writes locally:
 type ``io.signalbox.<EventType>``, the model name as subject, the facts as JSON data.
 """
 

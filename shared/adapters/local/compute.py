@@ -1,7 +1,7 @@
 """Local compute: training and scoring jobs as subprocesses of this machine (POSIX).
 
 A job is ``python -m JOB_REFERENCE --data PATH --model-name NAME [--param k=v ...] [--tag k=v ...]
---result-file JOBDIR/result.json``, started through ``shared.adapters.local_job_runner`` in a new
+--result-file JOBDIR/result.json``, started through ``shared.adapters.local.job_runner`` in a new
 session, so it outlives the process that launched it. Everything about a job is kept in files
 under ``STATE_DIR/jobs/RUN_ID/``, so any process (another worker, the host after a restart) can
 read its status:
@@ -40,7 +40,7 @@ RESULT_FILE = "result.json"
 EXIT_CODE_FILE = "exit_code"
 CANCELLED_FILE = "cancelled"
 
-_RUNNER = "shared.adapters.local_job_runner"
+_RUNNER = "shared.adapters.local.job_runner"
 _CANNOT_START = 127  # what a shell reports for a command it cannot run
 # The directory holding the ``shared`` package: jobs and the wrapper import from it.
 _CODE_ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 """The bus port over Azure Service Bus (azure-servicebus), for the function app in Azure.
 
-Messages carry the same fields as the local queues' (:func:`shared.adapters.local_bus.to_message`),
+Messages carry the same fields as the local queues' (:func:`shared.adapters.local.bus.to_message`),
 so a handler cannot tell the two buses apart. SDK errors become :class:`TransientError` or
 :class:`PermanentError`, whose messages say what to fix and never carry a key.
 """
@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from shared.adapters.local_bus import application_properties
+from shared.adapters.local.bus import application_properties
 from shared.errors import PermanentError, TransientError
 
 if TYPE_CHECKING:

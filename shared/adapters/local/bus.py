@@ -7,7 +7,7 @@ from datetime import datetime
 from itertools import groupby
 
 from shared import observability
-from shared.adapters.local_queues import LocalQueues, OutboundMessage
+from shared.adapters.local.queues import LocalQueues, OutboundMessage
 from shared.contracts import Envelope
 
 

@@ -1,0 +1,1 @@
+"""Azure Storage and Event Grid: the Blob landing zone and lifecycle events out."""

@@ -1,0 +1,1 @@
+"""Databricks: Jobs (training) and Model Serving, through databricks-sdk."""

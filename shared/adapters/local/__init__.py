@@ -1,0 +1,1 @@
+"""The embedded default: SQLite queues, local jobs, a watched folder, local scoring servers."""

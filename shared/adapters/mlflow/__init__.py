@@ -1,0 +1,1 @@
+"""MLflow: the model registry (local server, Databricks, Unity Catalog, Azure ML) and the evaluator."""

@@ -1,0 +1,1 @@
+"""Azure Service Bus: the command bus and its dead-letter queues."""
