@@ -27,7 +27,7 @@ from shared.contracts import (
 )
 from shared.domain import Approval, Stage
 from shared.errors import NotAwaitingApproval, PermanentError, TransientError, UnknownModel
-from shared.ports import Deployment, JobRequest
+from shared.ports import Deployment, JobRequest, ScoringFrame
 
 if TYPE_CHECKING:
     from shared.adapters.local.deadletters import DeadLetterPorts
@@ -493,16 +493,16 @@ def _local_dataset(dataset: str) -> Path:
     return Path(unquote(parts.path)) if parts.scheme == "file" else Path(dataset)
 
 
-def smoke_payload(dataset: Path, rows: int = 5) -> dict[str, object]:
-    """A small scoring request from the evaluation data (features only)."""
+def smoke_frame(dataset: Path, rows: int = 5) -> ScoringFrame:
+    """A few rows of the evaluation data (features only) for a smoke request."""
     with dataset.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         header = next(reader)
         keep = [i for i, name in enumerate(header) if name != "target"]
         data = []
         for row, _ in zip(reader, range(rows), strict=False):
-            data.append([float(row[i]) for i in keep])
-    return {"dataframe_split": {"columns": [header[i] for i in keep], "data": data}}
+            data.append(tuple(float(row[i]) for i in keep))
+    return ScoringFrame(tuple(header[i] for i in keep), tuple(data))
 
 
 def deploy(envelope: Envelope, svc: Services) -> str:
@@ -585,8 +585,8 @@ def deploy(envelope: Envelope, svc: Services) -> str:
         return "starting"
     try:
         dataset = _local_dataset(model.evaluation.dataset) if model.evaluation else None
-        payload = smoke_payload(dataset) if dataset else {"inputs": []}
-        svc.serving.invoke(candidate, payload)
+        frame = smoke_frame(dataset) if dataset else ScoringFrame((), ())
+        svc.serving.invoke(candidate, frame)
     except TransientError:
         raise
     except Exception as exc:

@@ -176,6 +176,18 @@ class Deployment:
 
 
 @dataclass(frozen=True)
+class ScoringFrame:
+    """Rows to score, by column; each serving adapter shapes its own request body from it."""
+
+    columns: tuple[str, ...]
+    data: tuple[tuple[float, ...], ...]
+
+    def dataframe_split(self) -> dict[str, object]:
+        """MLflow's scoring server body (``mlflow models serve``, Databricks Model Serving)."""
+        return {"dataframe_split": {"columns": list(self.columns), "data": [list(row) for row in self.data]}}
+
+
+@dataclass(frozen=True)
 class Readiness:
     """Whether a started deployment can take a smoke request yet."""
 
@@ -202,8 +214,8 @@ class Serving(Protocol):
         """Ready for a smoke request, still starting, or failed (with why)."""
         ...
 
-    def invoke(self, deployment: Deployment, payload: Mapping[str, object]) -> object:
-        """Score one request on a deployment directly (the smoke test)."""
+    def invoke(self, deployment: Deployment, frame: ScoringFrame) -> object:
+        """Score rows on a deployment directly (the smoke test), in the platform's request shape."""
         ...
 
     def route(self, endpoint: str, deployment: Deployment) -> None:

@@ -112,9 +112,9 @@ def _event(seen: list[dict[str, Any]], kind: str, **match: Any) -> dict[str, Any
 
 
 def _score(url: str, evaluation: Path) -> list[Any]:
-    from shared.handlers import smoke_payload
+    from shared.handlers import smoke_frame
 
-    payload: dict[str, Any] = smoke_payload(evaluation, rows=3)
+    payload: dict[str, Any] = smoke_frame(evaluation, rows=3).dataframe_split()
     response = requests.post(url, json=payload, timeout=30)
     response.raise_for_status()
     body = response.json()

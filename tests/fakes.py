@@ -9,8 +9,9 @@ from pathlib import Path
 
 from shared.catalogue import Catalogue, load_catalogue
 from shared.contracts import Envelope
+from shared.errors import DeploymentFailed
 from shared.handlers import Services
-from shared.ports import Deployment, JobRequest, ModelVersion, Readiness, RunStatus
+from shared.ports import Deployment, JobRequest, ModelVersion, Readiness, RunStatus, ScoringFrame
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,9 +169,9 @@ class FakeServing:
             return Readiness("failed", "served entity config update failed: out of capacity")
         return Readiness("ready")
 
-    def invoke(self, deployment: Deployment, payload: Mapping[str, object]) -> object:
+    def invoke(self, deployment: Deployment, frame: ScoringFrame) -> object:
         if deployment.version in self.broken_versions:
-            raise RuntimeError("500 from /invocations: model failed to predict")
+            raise DeploymentFailed("500 from /invocations: model failed to predict")
         return {"predictions": [0]}
 
     def route(self, endpoint: str, deployment: Deployment) -> None:

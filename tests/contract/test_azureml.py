@@ -43,7 +43,7 @@ import pytest
 from shared.adapters.azureml.compute import AzureMLCompute, workspace_tracking_uri
 from shared.adapters.azureml.serving import AzureMLServing
 from shared.errors import PermanentError, TransientError
-from shared.ports import Deployment, JobRequest
+from shared.ports import Deployment, JobRequest, ScoringFrame
 from tests.tls import self_signed_certificate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -910,7 +910,10 @@ def test_first_deploy_creates_the_endpoint_then_deploys_blue(fake: FakeAzureML) 
     assert adapter.readiness(candidate).state == "pending"
     fake.set_deployment_state(ENDPOINT, "blue", "Succeeded")
     assert adapter.readiness(candidate).state == "ready"
-    assert adapter.invoke(candidate, {"inputs": [[5.1, 3.5, 1.4, 0.2]]}) == {"predictions": [0], "served_by": "blue"}
+    assert adapter.invoke(candidate, ScoringFrame(("a", "b", "c", "d"), ((5.1, 3.5, 1.4, 0.2),))) == {
+        "predictions": [0],
+        "served_by": "blue",
+    }
     [score] = fake.requests("POST", r"^/score/")
     assert score.headers["azureml-model-deployment"] == "blue"
     assert score.headers["authorization"] == f"Bearer {ENDPOINT_KEY}"  # from listKeys
@@ -967,7 +970,7 @@ def test_blue_green_switch(fake: FakeAzureML) -> None:
     assert adapter.readiness(candidate).state == "pending"  # Creating
     fake.set_deployment_state(ENDPOINT, "green", "Succeeded")
     assert adapter.readiness(candidate).state == "ready"
-    assert adapter.invoke(candidate, {"inputs": []}) == {"predictions": [0], "served_by": "green"}
+    assert adapter.invoke(candidate, ScoringFrame((), ())) == {"predictions": [0], "served_by": "green"}
     assert fake.traffic(ENDPOINT) == {"blue": 100}  # the smoke request needed no traffic
 
     adapter.route(ENDPOINT, candidate)
@@ -1010,7 +1013,7 @@ def test_a_failing_smoke_request_is_permanent_so_the_deploy_rolls_back(fake: Fak
     candidate = Deployment(ENDPOINT, MODEL, "2", "green", f"{fake.base}/score/{ENDPOINT}")
 
     with pytest.raises(PermanentError, match="predict") as raised:
-        adapter.invoke(candidate, {"inputs": []})
+        adapter.invoke(candidate, ScoringFrame((), ()))
     assert_no_secret(raised.value)
     adapter.stop(candidate)
 
@@ -1020,7 +1023,7 @@ def test_a_failing_smoke_request_is_permanent_so_the_deploy_rolls_back(fake: Fak
     fake.add_deployment(ENDPOINT, "green", MODEL, "2")
     fake.scores[(ENDPOINT, "green")] = (503, {"error": {"code": "Busy", "message": "upstream overloaded"}})
     with pytest.raises(TransientError):
-        adapter.invoke(candidate, {"inputs": []})
+        adapter.invoke(candidate, ScoringFrame((), ()))
 
 
 def test_a_redelivered_start_reuses_the_deployment_under_way(fake: FakeAzureML) -> None:

@@ -27,7 +27,7 @@ from shared.adapters.databricks.compute import DatabricksCompute
 from shared.adapters.databricks.serving import DatabricksServing
 from shared.adapters.mlflow.evaluator import MlflowEvaluator
 from shared.errors import PermanentError, TransientError
-from shared.ports import Deployment, JobRequest, RunStatus
+from shared.ports import Deployment, JobRequest, RunStatus, ScoringFrame
 from signalbox.chaos.synthetic import coefficient
 from signalbox.chaos.workspace import Workspace, quality_of
 from signalbox.mlflow_server import MlflowServer
@@ -231,7 +231,7 @@ def test_blue_green_over_the_serving_api(workspace: Workspace):
     serving = serving_for(workspace)
     blue = trained_version(workspace, "0007", quality=90, model="chaos-serve")
     green = trained_version(workspace, "0008", quality=100, model="chaos-serve")
-    payload = {"dataframe_split": {"columns": ["x"], "data": [[1.0], [2.0], [3.0]]}}
+    payload = ScoringFrame(("x",), ((1.0,), (2.0,), (3.0,)))
 
     first = serving.start("chaos-serve", "chaos-serve", blue)
     assert serving.readiness(first).state == "pending"

@@ -28,7 +28,7 @@ from shared.adapters.databricks.compute import DatabricksCompute
 from shared.adapters.databricks.serving import DatabricksServing, served_entity_name
 from shared.contracts import DeployVersion, Envelope
 from shared.errors import PermanentError, TransientError
-from shared.ports import Deployment, JobRequest
+from shared.ports import Deployment, JobRequest, ScoringFrame
 from tests.fakes import FakeBus, FakeRegistry, services
 
 TOKEN = "dapi-test-5f3c9a1e7b2d4c6e8f0a"
@@ -765,7 +765,7 @@ def test_readiness_of_a_failed_update_is_failed_with_the_reason(fake: FakeDatabr
 def test_the_smoke_request_goes_to_the_new_served_entity_alone(fake: FakeDatabricks, serving: DatabricksServing):
     path = f"/serving-endpoints/{ENDPOINT}/served-models/{MODEL}-2/invocations"
     fake.reply("POST", path, (200, {"predictions": [0, 1, 2]}))
-    payload = {"dataframe_split": {"columns": ["a", "b"], "data": [[1.0, 2.0]]}}
+    payload = ScoringFrame(("a", "b"), ((1.0, 2.0),))
 
     assert serving.invoke(candidate("2", fake), payload) == {"predictions": [0, 1, 2]}
 
@@ -778,7 +778,7 @@ def test_a_smoke_request_the_model_rejects_is_not_transient(fake: FakeDatabricks
     path = f"/serving-endpoints/{ENDPOINT}/served-models/{MODEL}-2/invocations"
     fake.reply("POST", path, error(400, "BAD_REQUEST", "Model is missing inputs ['petal_width']"))
     with pytest.raises(PermanentError, match="petal_width"):
-        serving.invoke(candidate("2", fake), {"inputs": []})
+        serving.invoke(candidate("2", fake), ScoringFrame((), ()))
 
 
 def test_route_moves_all_traffic_to_the_new_entity_and_keeps_both(fake: FakeDatabricks, serving: DatabricksServing):

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from shared.adapters.local.serving import LocalServing, resolve_route
-from shared.ports import Deployment
+from shared.ports import Deployment, ScoringFrame
 from signalbox.localhost.endpoints import proxy_invocation
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ ROWS = [[5.1, 3.5, 1.4, 0.2], [5.9, 3.0, 4.2, 1.5], [6.7, 3.0, 5.2, 2.3]]
 V1_ANSWER = [0, 1, 2]
 # v2 learns labels shifted by 10, so every answer shows which version served it.
 V2_ANSWER = [10, 11, 12]
-PAYLOAD = {"dataframe_split": {"columns": COLUMNS, "data": ROWS}}
+PAYLOAD = ScoringFrame(tuple(COLUMNS), tuple(tuple(row) for row in ROWS))
 
 
 class _Registry:
@@ -119,7 +119,9 @@ def serving(registry: _Registry, spawned: list[int], tmp_path: Path) -> LocalSer
 
 
 def _proxy(state_dir: Path) -> tuple[int, Any]:
-    status, headers, body = proxy_invocation(state_dir, ENDPOINT, json.dumps(PAYLOAD).encode(), "application/json")
+    status, headers, body = proxy_invocation(
+        state_dir, ENDPOINT, json.dumps(PAYLOAD.dataframe_split()).encode(), "application/json"
+    )
     assert headers == {"Content-Type": "application/json"}
     return status, json.loads(body)
 
@@ -150,7 +152,7 @@ def test_blue_green_deploy_through_the_stable_url(
     assert serving.current(ENDPOINT) is None, "a started deployment takes no traffic until routed"
     assert serving.invoke(v1, PAYLOAD) == {"predictions": V1_ANSWER}
     with pytest.raises(RuntimeError, match="400"):
-        serving.invoke(v1, {"dataframe_split": {"columns": ["nope"], "data": [[1]]}})
+        serving.invoke(v1, ScoringFrame(("nope",), ((1.0,),)))
 
     serving.route(ENDPOINT, v1)
     assert serving.current(ENDPOINT) == v1

@@ -18,12 +18,12 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from shared.adapters.azureml.compute import Workspace, azure_errors, describe, redact
 from shared.errors import PermanentError, TransientError
-from shared.ports import Deployment, Readiness
+from shared.ports import Deployment, Readiness, ScoringFrame
 
 if TYPE_CHECKING:
     from azure.ai.ml import MLClient
@@ -159,7 +159,7 @@ class AzureMLServing(Workspace):
                 return Readiness("pending", f"{where} is {state or 'starting'}")
         return Readiness("failed", f"{where} is {state}{self._log_tail(ml, deployment)}")
 
-    def invoke(self, deployment: Deployment, payload: Mapping[str, object]) -> object:
+    def invoke(self, deployment: Deployment, frame: ScoringFrame) -> object:
         """Score one request on the slot directly (no traffic needed); returns the parsed JSON answer."""
         from azure.core.exceptions import HttpResponseError
 
@@ -168,7 +168,11 @@ class AzureMLServing(Workspace):
         handle, path = tempfile.mkstemp(prefix="signalbox-smoke-", suffix=".json")
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as request_file:
-                json.dump(payload, request_file)
+                # MLflow no-code deployments on managed online endpoints take ``input_data`` (split orient).
+                json.dump(
+                    {"input_data": {"columns": list(frame.columns), "data": [list(r) for r in frame.data]}},
+                    request_file,
+                )
             with self._errors(where), _invoking():
                 try:
                     answer = ml.online_endpoints.invoke(

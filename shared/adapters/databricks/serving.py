@@ -46,7 +46,7 @@ from shared.adapters.databricks.compute import (
     sdk_errors,
 )
 from shared.errors import PermanentError, TransientError
-from shared.ports import Deployment, Readiness
+from shared.ports import Deployment, Readiness, ScoringFrame
 
 if TYPE_CHECKING:
     from databricks.sdk.service.serving import (
@@ -287,7 +287,7 @@ class DatabricksServing(LazyWorkspace):
             return Readiness("failed", f"served entity {entity} is not on serving endpoint {endpoint}")
         return Readiness("pending", _short(f"{entity}: {state or 'no state yet'}: {message}".rstrip(": ")))
 
-    def invoke(self, deployment: Deployment, payload: Mapping[str, object]) -> object:
+    def invoke(self, deployment: Deployment, frame: ScoringFrame) -> object:
         """Score one request on the deployment's served entity alone; returns the parsed JSON answer."""
         endpoint, entity = _check_endpoint(deployment.endpoint), deployment.slot
         if _NOT_ENTITY_CHARS.search(entity):
@@ -300,7 +300,7 @@ class DatabricksServing(LazyWorkspace):
             answer: object = self._client.api_client.do(
                 "POST",
                 f"/serving-endpoints/{endpoint}/served-models/{entity}/invocations",
-                body=dict(payload),
+                body=frame.dataframe_split(),
                 headers={"Accept": "application/json", "Content-Type": "application/json"},
             )
         return answer

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.ports import Deployment, Readiness
+from shared.ports import Deployment, Readiness, ScoringFrame
 
 __all__ = ["SLOTS", "LocalServing", "resolve_route"]
 
@@ -362,13 +362,13 @@ class LocalServing:
                 )
             time.sleep(_POLL_SECONDS)
 
-    def invoke(self, deployment: Deployment, payload: Mapping[str, object], timeout: float = 60.0) -> object:
-        """POST one MLflow scoring request to the deployment's server; returns the parsed JSON."""
+    def invoke(self, deployment: Deployment, frame: ScoringFrame, timeout: float = 60.0) -> object:
+        """POST the rows to the deployment's MLflow scoring server (``dataframe_split``); the parsed JSON."""
         if not _is_http(deployment.url):
             raise ValueError(f"not an http(s) scoring URL: {deployment.url!r}")
         request = urllib.request.Request(  # noqa: S310 - scheme checked above
             f"{deployment.url}/invocations",
-            data=json.dumps(payload).encode("utf-8"),
+            data=json.dumps(frame.dataframe_split()).encode("utf-8"),
             headers={"Content-Type": "application/json"},
             method="POST",
         )
