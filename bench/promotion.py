@@ -24,7 +24,7 @@ from bench.host import CATALOGUE, MODEL
 from bench.table import Row, median
 
 if TYPE_CHECKING:
-    from shared.handlers import Services
+    from shared.services import Services
 
 GOAL = 1.2
 

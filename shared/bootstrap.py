@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.catalogue import load_catalogue
-from shared.handlers import Services
+from shared.services import Services
 from shared.settings import Settings, check_cloud_settings, load_settings
 
 if TYPE_CHECKING:

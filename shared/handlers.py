@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlsplit
@@ -30,47 +28,12 @@ from shared.errors import NotAwaitingApproval, PermanentError, TransientError, U
 from shared.ports import Deployment, JobRequest, ScoringFrame
 
 if TYPE_CHECKING:
-    from shared.adapters.local.deadletters import DeadLetterPorts
-    from shared.catalogue import Catalogue, ModelEntry
+    from shared.catalogue import ModelEntry
     from shared.events import BlobCreated, DriftAlert
-    from shared.ports import Bus, Clock, Compute, Evaluator, LandingZone, LifecycleEvents, Registry, Serving
-    from shared.queue_depths import QueueDepths
-    from shared.settings import Settings
+    from shared.services import Services
     from shared.webhooks import GithubPush
 
 log = logging.getLogger("signalbox")
-
-
-@dataclass
-class Services:
-    """The ports handlers use, wired once by ``shared.bootstrap``."""
-
-    settings: Settings
-    catalogue: Catalogue
-    bus: Bus
-    registry: Registry
-    compute: Mapping[str, Compute]
-    evaluator: Evaluator
-    serving: Serving
-    landing: LandingZone
-    events: LifecycleEvents
-    clock: Clock
-    code_version: Mapping[str, str] = field(default_factory=dict)
-    queue_depths: QueueDepths | None = None
-    # One dead-letter session per operation: each owns the locks it takes.
-    dead_letters: Callable[[], AbstractContextManager[DeadLetterPorts]] | None = None
-    # Models this worker has already recorded landed data for (see ``land_blob``).
-    landed: set[str] = field(default_factory=set)
-
-    def compute_for(self, model: ModelEntry) -> Compute:
-        """The compute backend the model's catalogue entry names."""
-        backend = model.training.backend
-        if backend not in self.compute:
-            raise PermanentError(
-                f"model {model.name}: training.backend {backend!r} is not configured here "
-                f"(available: {', '.join(sorted(self.compute))})"
-            )
-        return self.compute[backend]
 
 
 def _start(svc: Services, command: object, cause: str, environment: str | None = None) -> Envelope:

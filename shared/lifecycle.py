@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from shared import domain
 
 if TYPE_CHECKING:
-    from shared.handlers import Services
+    from shared.services import Services
 
 
 def lifecycle(model_name: str, svc: Services) -> dict[str, Any]:

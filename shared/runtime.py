@@ -10,7 +10,7 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from shared.handlers import Services
+    from shared.services import Services
 
 _lock = threading.Lock()
 _services: Services | None = None

@@ -10,8 +10,8 @@ from pathlib import Path
 from shared.catalogue import Catalogue, load_catalogue
 from shared.contracts import Envelope
 from shared.errors import DeploymentFailed
-from shared.handlers import Services
 from shared.ports import Deployment, JobRequest, ModelVersion, Readiness, RunStatus, ScoringFrame
+from shared.services import Services
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]

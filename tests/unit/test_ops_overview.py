@@ -23,9 +23,9 @@ import pytest
 from functions import ops_page
 from shared import domain, runtime
 from shared.adapters.local.queues import LocalQueues, OutboundMessage
-from shared.handlers import Services
 from shared.queue_depths import LocalQueueDepths, ServiceBusQueueDepths, queue_depths
 from shared.queues import QUEUES
+from shared.services import Services
 from shared.settings import Settings
 from signalbox.localhost.index import HostedFunction, index_functions
 from tests.fakes import FakeRegistry, services

@@ -13,7 +13,7 @@ import pytest
 from functions import approvals
 from shared import domain, runtime, webhooks
 from shared.events import InboundEvent, InvalidEvent, ModelRegistered, interpret
-from shared.handlers import Services
+from shared.services import Services
 from signalbox.localhost.index import HostedFunction, index_functions
 from tests.fakes import FakeBus, FakeRegistry, services
 

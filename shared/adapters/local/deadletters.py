@@ -22,8 +22,8 @@ from shared.adapters.local.queues import LocalQueues, OutboundMessage, ReceivedM
 from shared.deadletters import DeadLetter, DeadLetterStore, ReplayMessage, ReplaySender, replay_count_of
 
 if TYPE_CHECKING:
-    from shared.handlers import Services
     from shared.queues import QueueSpec
+    from shared.services import Services
     from shared.settings import Settings
 
 __all__ = ["DeadLetterPorts", "LocalDeadLetters", "deadletter_ports", "local_queues", "ports_from_settings"]
