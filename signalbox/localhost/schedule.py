@@ -9,6 +9,14 @@ runs 0-6 from Sunday, and 7 is Sunday too.
 Day and day-of-week combine as the NCrontab library behind Azure Functions combines them: a date fires
 only when it matches both (``0 0 0 13 * Fri`` is every Friday the 13th), unlike Vixie cron's either-or.
 
+The croniter library expands each field and finds the next matching wall time (``day_or=False`` for the
+AND above). What stays here, and why: the NCRONTAB grammar check, because croniter accepts syntax Azure
+rejects (``L``, ``W``, ``#``, ``?``, ``H``, ``@daily``, seven fields, wrap-around ranges such as
+``17-9``) and its errors name neither the field nor the value; the names, because croniter knows only
+three-letter ones (NCrontab takes ``Sept``, ``Thurs``); equal ranges such as ``9-9``, which croniter reads
+as the whole cycle and NCrontab as the one value; and the time-zone mapping below, because croniter moves
+a wall time that DST skips to the next existing time and fires a repeated wall time only once.
+
 Fire times are wall-clock times in the zone of the moment asked about. A wall time that a DST change
 skips never fires; one that a DST change repeats fires at both instants.
 
@@ -22,16 +30,17 @@ from __future__ import annotations
 import calendar
 import re
 from abc import ABC, abstractmethod
-from bisect import bisect_left
 from dataclasses import dataclass
-from datetime import MAXYEAR, UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
+from functools import cached_property
+
+from croniter import CroniterBadCronError, croniter
 
 __all__ = ["CronSchedule", "IntervalSchedule", "InvalidSchedule", "Schedule", "parse_schedule"]
 
 # Every date that exists at all falls on every weekday within one 400-year Gregorian cycle.
 _SEARCH_YEARS = 400
 _ONE_SECOND = timedelta(seconds=1)
-_MAX_DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _DIGITS = re.compile(r"[0-9]+")
 _TIMESPAN = re.compile(
     r"(?:(?P<days>[0-9]+)\.)?(?P<a>[0-9]+):(?P<b>[0-9]+)(?::(?P<c>[0-9]+)(?:\.(?P<frac>[0-9]{1,7}))?)?"
@@ -105,57 +114,27 @@ class CronSchedule(Schedule):
             cursor = match
 
     def _next_wall_time(self, after: datetime) -> datetime | None:
-        """Return the first matching naive wall time strictly after `after`, skipping by fields."""
+        """Return the first matching naive wall time strictly after the naive `after`, or None."""
+        # Matches are whole seconds, so "after `after`" is "after `after` cut to the second"; croniter
+        # reads a naive start as a plain wall clock and returns naive wall times.
+        start = after.replace(microsecond=0)
         try:
-            start = after.replace(microsecond=0) + _ONE_SECOND
-        except OverflowError:
+            found: datetime = croniter(
+                self._croniter_expression,
+                start,
+                day_or=False,
+                second_at_beginning=True,
+                max_years_between_matches=_SEARCH_YEARS,
+            ).get_next(datetime)
+        except (ValueError, OverflowError):  # CroniterBadDateError, or a date past year 9999
             return None
-        year, month, day = start.year, start.month, start.day
-        hour, minute, second = start.hour, start.minute, start.second
-        last_year = min(year + _SEARCH_YEARS, MAXYEAR)
-        while year <= last_year:
-            found = _ceiling(self.months, month)
-            if found is None:
-                year, month, day, hour, minute, second = year + 1, 1, 1, 0, 0, 0
-                continue
-            if found != month:
-                month, day, hour, minute, second = found, 1, 0, 0, 0
-            found = self._next_day(year, month, day)
-            if found is None:
-                year, month = (year, month + 1) if month < 12 else (year + 1, 1)
-                day, hour, minute, second = 1, 0, 0, 0
-                continue
-            if found != day:
-                day, hour, minute, second = found, 0, 0, 0
-            found = _ceiling(self.hours, hour)
-            if found is None:
-                day, hour, minute, second = day + 1, 0, 0, 0
-                continue
-            if found != hour:
-                hour, minute, second = found, 0, 0
-            found = _ceiling(self.minutes, minute)
-            if found is None:
-                hour, minute, second = hour + 1, 0, 0
-                continue
-            if found != minute:
-                minute, second = found, 0
-            found = _ceiling(self.seconds, second)
-            if found is None:
-                minute, second = minute + 1, 0
-                continue
-            return datetime(year, month, day, hour, minute, found)  # a naive wall time, zoned by the caller
-        return None
+        return found
 
-    def _next_day(self, year: int, month: int, day: int) -> int | None:
-        """Return the first day from `day` on in this month that fires, or None."""
-        last = calendar.monthrange(year, month)[1]
-        candidate = _ceiling(self.days, day)
-        while candidate is not None and candidate <= last:
-            # NCrontab semantics: the day of month and the day of week must both match.
-            if (calendar.weekday(year, month, candidate) + 1) % 7 in self.days_of_week:
-                return candidate
-            candidate = _ceiling(self.days, candidate + 1)
-        return None
+    @cached_property
+    def _croniter_expression(self) -> str:
+        """The fields as explicit value lists, seconds first (croniter's ``second_at_beginning``)."""
+        fields = (self.seconds, self.minutes, self.hours, self.days, self.months, self.days_of_week)
+        return " ".join(",".join(str(value) for value in values) for values in fields)
 
 
 @dataclass(frozen=True)
@@ -195,6 +174,10 @@ _FIELDS = (
 )
 
 
+# croniter.expand lists the fields minute, hour, day, month, day-of-week, second.
+_CRONITER_ORDER = (_FIELDS[1], _FIELDS[2], _FIELDS[3], _FIELDS[4], _FIELDS[5], _FIELDS[0])
+
+
 def parse_schedule(expression: str) -> Schedule:
     """Parse an NCRONTAB expression (six fields, or five with second 0) or a TimeSpan."""
     text = expression.strip()
@@ -211,16 +194,24 @@ def parse_schedule(expression: str) -> Schedule:
             f"expected 6 fields (second minute hour day month day-of-week) or 5, got {len(tokens)}",
             expression,
         )
-    seconds, minutes, hours, days, months, weekdays = (
-        _parse_field(field, token, expression) for field, token in zip(_FIELDS, tokens, strict=True)
+    canonical = " ".join(_parse_field(field, token, expression) for field, token in zip(_FIELDS, tokens, strict=True))
+    try:
+        # strict: croniter refuses a day that none of the months has (31 February).
+        expanded, _ = croniter.expand(canonical, second_at_beginning=True, strict=True)
+    except CroniterBadCronError as exc:
+        if "never occur" in str(exc):
+            raise InvalidSchedule("day", f"{tokens[3]} never occurs in month {tokens[4]}", expression) from None
+        raise InvalidSchedule("schedule", f"croniter refused {canonical!r}: {exc}", expression) from None
+    minutes, hours, days, months, weekdays, seconds = (
+        tuple(range(field.low, field.star_high + 1)) if values == ["*"] else tuple(sorted(values))
+        for field, values in zip(_CRONITER_ORDER, expanded, strict=True)
     )
-    if not any(day <= _MAX_DAYS_IN_MONTH[month - 1] for month in months for day in days):
-        raise InvalidSchedule("day", f"{tokens[3]} never occurs in month {tokens[4]}", expression)
     return CronSchedule(expression, seconds, minutes, hours, days, months, weekdays)
 
 
-def _parse_field(field: _Field, token: str, expression: str) -> tuple[int, ...]:
-    values: set[int] = set()
+def _parse_field(field: _Field, token: str, expression: str) -> str:
+    """Check one NCRONTAB field and return it in croniter's syntax: numbers, ``*``, ranges, steps."""
+    items: list[str] = []
     for item in token.split(","):
         if not item:
             raise InvalidSchedule(field.name, f"empty list item in {token!r}", expression)
@@ -242,11 +233,18 @@ def _parse_field(field: _Field, token: str, expression: str) -> tuple[int, ...]:
         else:
             low = _parse_value(field, body, item, expression)
             high = max(low, field.star_high) if slash else low
-        values.update(range(low, high + 1, step))
-    if field.name == "day-of-week" and 7 in values:
-        values.discard(7)
-        values.add(0)
-    return tuple(sorted(values))
+        items.extend(_croniter_items(field, low, high, step))
+    return ",".join(items)
+
+
+def _croniter_items(field: _Field, low: int, high: int, step: int) -> list[str]:
+    """Write the values low..high by step as croniter items that mean exactly those values."""
+    if high > field.star_high:  # day-of-week 7 is Sunday: croniter would wrap "5-7" round through 0
+        wrapped = ["0"] if (high - low) % step == 0 else []
+        return (_croniter_items(field, low, field.star_high, step) if low <= field.star_high else []) + wrapped
+    if low == high:
+        return [str(low)]  # croniter reads an equal range "9-9" as the whole cycle
+    return [f"{low}-{high}/{step}" if step > 1 else f"{low}-{high}"]
 
 
 def _parse_value(field: _Field, text: str, item: str, expression: str) -> int:
@@ -292,12 +290,6 @@ def _parse_timespan(text: str, expression: str) -> timedelta:
     if interval <= timedelta(0):
         raise InvalidSchedule("timespan", "the interval must be longer than zero", expression)
     return interval
-
-
-def _ceiling(values: tuple[int, ...], least: int) -> int | None:
-    """Return the smallest of the sorted `values` that is at least `least`, or None."""
-    index = bisect_left(values, least)
-    return values[index] if index < len(values) else None
 
 
 def _zone_of(moment: datetime) -> tzinfo:
