@@ -874,9 +874,17 @@ def test_default_azure_credential_when_none_is_given(fake: FakeAzureML, monkeypa
     assert len(made) == 1 and made[0].scopes == [(f"{fake.base}/.default",)]
 
 
-def test_workspace_tracking_uri(fake: FakeAzureML) -> None:
+def test_workspace_tracking_uri(fake: FakeAzureML, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "unset")
+    monkeypatch.delenv("MLFLOW_TRACKING_AUTH")  # restored to absent afterwards
+
     uri = workspace_tracking_uri(SUB, RG, WS, credential=FakeCredential())
-    assert uri == f"azureml://{LOCATION}.api.azureml.ms/mlflow/v1.0{WS_PATH}"
+
+    # The workspace reports azureml://…/mlflow/v1.0/…; MLflow's own RestStore needs the https base.
+    assert uri == f"https://{LOCATION}.api.azureml.ms/mlflow/v2.0{WS_PATH}"
+    import os
+
+    assert os.environ["MLFLOW_TRACKING_AUTH"] == "signalbox-azureml"
 
 
 # -- serving ---------------------------------------------------------------------------------

@@ -110,14 +110,25 @@ def workspace_tracking_uri(
     credential: TokenCredential | None = None,
     client: MLClient | None = None,
 ) -> str:
-    """The workspace's MLflow tracking URI (``azureml://…``), which is also its registry URI."""
+    """The workspace's MLflow REST base (``https://…/mlflow/v2.0/subscriptions/…``): tracking and registry URI.
+
+    Also makes MLflow's REST calls in this process carry Entra ID tokens (from ``credential``, else
+    ``DefaultAzureCredential``) to Azure ML's hosts: see ``shared.adapters.azureml.mlflow_auth``.
+    """
+    from shared.adapters.azureml import mlflow_auth
+
     what = f"Azure ML workspace {workspace} (resource group {resource_group}, subscription {subscription_id})"
     with azure_errors(what, workspace):
         ml = client or ml_client(subscription_id, resource_group, workspace, credential)
         uri = ml.workspaces.get(workspace).mlflow_tracking_uri
     if not uri:
         raise PermanentError(f"{what} reports no MLflow tracking URI; set MLFLOW_TRACKING_URI instead")
-    return str(uri)
+    try:
+        https = mlflow_auth.https_tracking_uri(str(uri))
+        mlflow_auth.enable(credential)
+    except ValueError as exc:
+        raise PermanentError(f"{what}: {exc}") from None
+    return https
 
 
 def redact(text: str) -> str:
