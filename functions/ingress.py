@@ -21,23 +21,27 @@ bp = func.Blueprint()
 log = logging.getLogger("signalbox.ingress")
 
 
-def _event(raw: func.EventGridEvent) -> KnownEvent | None:
+def _event(raw: func.EventGridEvent | func.CloudEvent) -> KnownEvent | None:
     from shared import events
 
+    # The worker binds a CloudEvent (``type``) on a CloudEvents subscription and an EventGridEvent
+    # (``event_type``) otherwise, whatever the annotation says; any attribute may be None or not text.
+    event_type = raw.type if isinstance(raw, func.CloudEvent) else raw.event_type
     try:
         known = events.interpret(events.InboundEvent.from_function_event(raw))
     except events.InvalidEvent as exc:
         # No redelivery can fix a malformed or unsafe event (a blob path with "..", a URL that is not
         # the blob): refuse it once, on the record, instead of failing and making Event Grid retry it.
-        log.warning("refused event %s of type %s: %s", raw.id, raw.event_type, exc)
+        log.warning("refused event %s of type %s: %s", raw.id, event_type, exc)
+        subject = raw.subject if isinstance(raw.subject, str) else ""
         runtime.services().events.publish(
             "EventRefused",
-            (raw.subject or "")[:300],
-            {"event_id": raw.id, "event_type": raw.event_type, "reason": str(exc)},
+            subject[:300],
+            {"event_id": raw.id, "event_type": event_type, "reason": str(exc)},
         )
         return None
     if known is None:
-        log.info("ignored event %s of type %s", raw.id, raw.event_type)
+        log.info("ignored event %s of type %s", raw.id, event_type)
     return known
 
 
@@ -54,22 +58,11 @@ def landing_events(event: func.EventGridEvent) -> None:
 @bp.event_grid_trigger(arg_name="event")
 def workspace_events(event: func.EventGridEvent) -> None:
     """Azure ML workspace system topic: new versions, finished runs, drift."""
-    from shared import events, handlers
+    from shared import handlers
 
     known = _event(event)
-    svc = runtime.services()
-    if isinstance(known, events.ModelRegistered):
-        handlers.new_version(known.model_name, known.model_version, "azureml", svc)
-    elif isinstance(known, events.RunCompleted | events.RunStatusChanged):
-        model = known.tags.get("signalbox.model") or known.tags.get("model_name") or known.experiment_name
-        if model and known.run_status.lower() in ("completed", "failed", "canceled", "cancelled"):
-            handlers.run_finished("azureml", known.run_id, str(model), svc)
-    elif isinstance(known, events.DatasetDriftDetected):
-        entry = svc.catalogue.for_drift_monitor(known.data_drift_name)
-        if entry is None:
-            log.info("ignored drift from monitor %s: no catalogue model lists it", known.data_drift_name)
-        else:
-            handlers.drift_detected(entry.name, known.event_id, svc)
+    if known is not None:
+        handlers.workspace_event(known, runtime.services())
 
 
 @bp.event_grid_trigger(arg_name="event")
@@ -135,9 +128,10 @@ def databricks_job_notification(req: func.HttpRequest) -> func.HttpResponse:
         return problem(exc.status, str(exc))
     if not event.event.startswith("jobs.") or not event.run_id or not event.job_id:
         return json_response({"outcome": "ignored"})
-    return json_response(
-        {"outcome": handlers.job_notified("databricks", event.job_id, event.run_id, runtime.services())}
+    outcome = handlers.job_notified(
+        "databricks", [event.job_id, event.job_name], event.run_id, runtime.services(), event=event.event
     )
+    return json_response({"outcome": outcome})
 
 
 @bp.route(route="webhooks/github", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -115,6 +115,16 @@ param githubPaths string = 'src/**,jobs/**'
 @minValue(1)
 param webhookToleranceSeconds int = 300
 
+@description('SIGNALBOX_RETRY_MAX_ATTEMPTS: transient failures retried by scheduled re-send before dead-lettering.')
+@minValue(0)
+param retryMaxAttempts int = 10
+
+@description('SIGNALBOX_RETRY_INITIAL_SECONDS (a number, as a string).')
+param retryInitialSeconds string = '5'
+
+@description('SIGNALBOX_RETRY_MAX_SECONDS (a number, as a string).')
+param retryMaxSeconds string = '600'
+
 @description('SIGNALBOX_POLL_INITIAL_SECONDS (a number, as a string).')
 param pollInitialSeconds string = '2'
 
@@ -259,6 +269,9 @@ module functionApp 'modules/functionapp.bicep' = {
     webhookToleranceSeconds: webhookToleranceSeconds
     pollInitialSeconds: pollInitialSeconds
     pollMaxSeconds: pollMaxSeconds
+    retryMaxAttempts: retryMaxAttempts
+    retryInitialSeconds: retryInitialSeconds
+    retryMaxSeconds: retryMaxSeconds
     pollMaxAttempts: pollMaxAttempts
     codeCommit: codeCommit
     codeRepository: codeRepository

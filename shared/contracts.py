@@ -127,6 +127,14 @@ class Envelope(BaseModel):
     environment: str = Field(min_length=1)
     created_at: datetime
     command: Command
+    # Transient failures retried so far: a retry is the same command (same ``message_id``, so the
+    # same follow-ups and idempotency keys) sent again later under its own transport id.
+    retry: int = Field(default=0, ge=0)
+
+    @property
+    def transport_id(self) -> str:
+        """The queue message id: ``message_id`` itself, or one per retry (duplicate detection keeps each)."""
+        return self.message_id if self.retry == 0 else message_id_for("retry", f"{self.message_id}:{self.retry}")
 
     @property
     def queue(self) -> str:

@@ -36,6 +36,72 @@ class Approval(StrEnum):
     REJECTED = "rejected"
 
 
+class LifecycleEvent(StrEnum):
+    """Signalbox's own events (published as ``io.signalbox.<value>``; subscriptions filter on them)."""
+
+    DATA_LANDED = "DataLanded"
+    DATA_REFUSED = "DataRefused"
+    EVENT_REFUSED = "EventRefused"
+    DRIFT_DETECTED = "DriftDetected"
+    TRAINING_STARTED = "TrainingStarted"
+    TRAINING_SUCCEEDED = "TrainingSucceeded"
+    TRAINING_FAILED = "TrainingFailed"
+    SCORING_COMPLETED = "ScoringCompleted"
+    VERSION_EVALUATED = "VersionEvaluated"
+    CHALLENGER_LOST = "ChallengerLost"
+    VERSION_STAGED = "VersionStaged"
+    APPROVAL_REQUESTED = "ApprovalRequested"
+    VERSION_APPROVED = "VersionApproved"
+    APPROVAL_REJECTED = "ApprovalRejected"
+    VERSION_DEPLOYED = "VersionDeployed"
+    DEPLOYMENT_ROLLED_BACK = "DeploymentRolledBack"
+    BATCH_SCORING_STARTED = "BatchScoringStarted"
+
+
+class Outcome(StrEnum):
+    """What a handler did with one event or command (logged, returned over HTTP, asserted in tests)."""
+
+    # ingress
+    IGNORED = "ignored"
+    REFUSED = "refused"
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+    POLL = "poll"
+    NO_DATA = "no-data"
+    COOLDOWN = "cooldown"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    # training
+    PENDING = "pending"
+    RUNNING = "running"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RETRYING = "retrying"
+    GAVE_UP = "gave-up"
+    SCORED = "scored"
+    NO_VERSION = "no-version"
+    # evaluation and promotion
+    NOT_EVALUATED = "not-evaluated"
+    ALREADY_EVALUATED = "already-evaluated"
+    IS_CHAMPION = "is-champion"
+    WON = "won"
+    LOST = "lost"
+    KEPT_STAGED = "kept-staged"
+    PENDING_APPROVAL = "pending-approval"
+    DEPLOY = "deploy"
+    ALREADY_PRODUCTION = "already-production"
+    ALREADY_SURPASSED = "already-surpassed"
+    ALREADY_UNSTAGED = "already-unstaged"
+    # deployment
+    SKIPPED = "skipped"
+    BATCH = "batch"
+    STARTING = "starting"
+    DEPLOYED = "deployed"
+    SUPERSEDED = "superseded"
+    ROLLED_BACK = "rolled-back"
+    SWITCHING = "switching"
+
+
 STAGE = "stage"
 APPROVAL = "approval"
 APPROVED_BY = "approved_by"
@@ -192,3 +258,13 @@ def in_cooldown(last: str | None, now: datetime, cooldown: timedelta) -> bool:
 def backoff(attempt: int, initial: float, maximum: float) -> timedelta:
     """Delay before poll ``attempt`` (exponential, capped)."""
     return timedelta(seconds=min(initial * (2 ** min(attempt, 20)), maximum))
+
+
+def retry_delay(retry: int, initial: float, maximum: float, spread: float) -> timedelta:
+    """Delay before transient retry ``retry`` (1, 2, ...): exponential, capped, with jitter.
+
+    ``spread`` in [0, 1) picks a point in the upper half of the window ("equal jitter"), so
+    retries of many messages failing together do not arrive together again.
+    """
+    window = backoff(retry - 1, initial, maximum).total_seconds()
+    return timedelta(seconds=window / 2 + window / 2 * spread)

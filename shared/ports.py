@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     from shared.contracts import Envelope
+    from shared.domain import LifecycleEvent
 
 
 class Clock(Protocol):
@@ -125,6 +126,9 @@ class RunStatus:
     state: RunState
     message: str | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)  # e.g. mlflow_run_id, model_version
+    # A failure of the platform's capacity, not of the job (a concurrency limit, a cloud failure):
+    # launching again, with a new idempotency key, may succeed.
+    retryable: bool = False
 
     @property
     def finished(self) -> bool:
@@ -234,6 +238,17 @@ class Serving(Protocol):
 # -- landing zone and outbound events -------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LandedFile:
+    """One file in the landing zone, as a listing sees it."""
+
+    uri: str
+    container: str
+    path: str
+    size: int
+    last_modified: datetime  # timezone-aware, UTC
+
+
 class LandingZone(Protocol):
     """Where new data arrives (a local folder or a Storage container)."""
 
@@ -241,10 +256,19 @@ class LandingZone(Protocol):
         """Bytes at the URI; raises ``OSError`` when it cannot be read."""
         ...
 
+    def list_since(self, container: str, prefix: str, after: datetime | None, limit: int) -> list[LandedFile]:
+        """Files under ``prefix`` last modified after ``after`` (aware), oldest first.
+
+        At most ``limit`` files, plus any more with the last one's time, so a sweep that resumes
+        after that time misses none. Blob times have one-second resolution: resume a little
+        earlier and let the deterministic message ids drop what was already sent.
+        """
+        ...
+
 
 class LifecycleEvents(Protocol):
     """Publishes Signalbox's own lifecycle events (approval requested, deployed, ...)."""
 
-    def publish(self, event_type: str, subject: str, data: Mapping[str, object]) -> None:
+    def publish(self, event_type: LifecycleEvent, subject: str, data: Mapping[str, object]) -> None:
         """Emit one event."""
         ...

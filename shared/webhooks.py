@@ -448,6 +448,7 @@ class DatabricksEvent:
     run_id: str | None
     job_id: str | None
     delivery_key: str
+    job_name: str | None = None
 
 
 def parse_databricks(body: bytes) -> DatabricksEvent:
@@ -485,7 +486,10 @@ def _parse_databricks_job(payload: Mapping[str, Any]) -> DatabricksEvent:
     run_id = _id(run, "run_id", "run.run_id")
     job = _object(payload, "job", "job", required=False)
     job_id = _id(job, "job_id", "job.job_id", required=False) if job is not None else None
+    job_name = _str(job, "name", "job.name", required=False) if job is not None else None
     workspace_id = _id(payload, "workspace_id", "workspace_id", required=False)
     # Run ids are unique within a workspace; a task notification carries the task run's own id.
     key = f"job:{workspace_id or ''}:{run_id}:{event}"
-    return DatabricksEvent(event=event, model_name=None, version=None, run_id=run_id, job_id=job_id, delivery_key=key)
+    return DatabricksEvent(
+        event=event, model_name=None, version=None, run_id=run_id, job_id=job_id, delivery_key=key, job_name=job_name
+    )

@@ -119,6 +119,15 @@ param githubPaths string
 @description('SIGNALBOX_WEBHOOK_TOLERANCE_SECONDS.')
 param webhookToleranceSeconds int
 
+@description('SIGNALBOX_RETRY_MAX_ATTEMPTS: transient failures retried by scheduled re-send before dead-lettering.')
+param retryMaxAttempts int
+
+@description('SIGNALBOX_RETRY_INITIAL_SECONDS (a number, as a string).')
+param retryInitialSeconds string
+
+@description('SIGNALBOX_RETRY_MAX_SECONDS (a number, as a string).')
+param retryMaxSeconds string
+
 @description('SIGNALBOX_POLL_INITIAL_SECONDS (a number, as a string).')
 param pollInitialSeconds string
 
@@ -280,6 +289,9 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     SIGNALBOX_GITHUB_BRANCHES: githubBranches
     SIGNALBOX_GITHUB_PATHS: githubPaths
     SIGNALBOX_WEBHOOK_TOLERANCE_SECONDS: string(webhookToleranceSeconds)
+    SIGNALBOX_RETRY_MAX_ATTEMPTS: string(retryMaxAttempts)
+    SIGNALBOX_RETRY_INITIAL_SECONDS: retryInitialSeconds
+    SIGNALBOX_RETRY_MAX_SECONDS: retryMaxSeconds
     SIGNALBOX_POLL_INITIAL_SECONDS: pollInitialSeconds
     SIGNALBOX_POLL_MAX_SECONDS: pollMaxSeconds
     SIGNALBOX_POLL_MAX_ATTEMPTS: string(pollMaxAttempts)

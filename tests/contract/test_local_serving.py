@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from shared.adapters.local.serving import LocalServing, resolve_route
+from shared.errors import DeploymentFailed, PermanentError
 from shared.ports import Deployment, ScoringFrame
 from signalbox.localhost.endpoints import proxy_invocation
 
@@ -151,7 +152,7 @@ def test_blue_green_deploy_through_the_stable_url(
     assert slot_record["version"] == "1" and slot_record["url"] == v1.url and slot_record["started_at"]
     assert serving.current(ENDPOINT) is None, "a started deployment takes no traffic until routed"
     assert serving.invoke(v1, PAYLOAD) == {"predictions": V1_ANSWER}
-    with pytest.raises(RuntimeError, match="400"):
+    with pytest.raises(DeploymentFailed, match="400"):
         serving.invoke(v1, ScoringFrame(("nope",), ((1.0,),)))
 
     serving.route(ENDPOINT, v1)
@@ -203,7 +204,7 @@ def test_blue_green_deploy_through_the_stable_url(
     stale_pid = json.loads((state / "endpoints" / ENDPOINT / "blue.json").read_text())["pid"]
     spawned_before = len(spawned)
     began = time.monotonic()
-    with pytest.raises(RuntimeError, match="exited with code") as failure:
+    with pytest.raises(DeploymentFailed, match="exited with code") as failure:
         restarted.start(ENDPOINT, MODEL, "3")
     failed_after = time.monotonic() - began
     assert "blue.log" in str(failure.value)
@@ -211,7 +212,7 @@ def test_blue_green_deploy_through_the_stable_url(
     (failed_pid,) = spawned[spawned_before:]
     assert not _group_members(failed_pid)
     assert not (state / "endpoints" / ENDPOINT / "blue.json").exists()
-    with pytest.raises(RuntimeError, match="not found"):
+    with pytest.raises(DeploymentFailed, match="not found"):
         restarted.start(ENDPOINT, MODEL, "99")
     assert not _group_members(spawned[-1])
     assert restarted.current(ENDPOINT) == v2
@@ -243,6 +244,6 @@ def test_proxy_without_a_route_is_404(tmp_path: Path) -> None:
 
 def test_names_that_are_not_endpoints_are_refused(tmp_path: Path) -> None:
     serving = LocalServing(tmp_path, "sqlite:///unused.db", "http://127.0.0.1:7071/")
-    with pytest.raises(ValueError, match="invalid endpoint name"):
+    with pytest.raises(PermanentError, match="invalid endpoint name"):
         serving.current("../escape")
     assert serving.endpoint_url("a_b-1") == "http://127.0.0.1:7071/endpoints/a_b-1/invocations"

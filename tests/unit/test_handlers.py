@@ -9,7 +9,7 @@ import pytest
 
 from shared import domain, handlers
 from shared.contracts import Envelope, TrainModel
-from shared.errors import NotAwaitingApproval
+from shared.errors import NotAwaitingApproval, PermanentError
 from shared.events import BlobCreated, DriftAlert
 from shared.ports import RunStatus
 from shared.webhooks import GithubPush
@@ -321,7 +321,7 @@ def test_a_failed_job_is_recorded_not_retried():
 def test_training_without_any_landed_data_is_a_clear_permanent_error():
     svc = services()
     envelope = Envelope.start(TrainModel(model_name=MODEL, reason="drift"), cause="t", environment="dev")
-    with pytest.raises(handlers.PermanentError, match="no data has landed"):
+    with pytest.raises(PermanentError, match="no data has landed"):
         handlers.train(envelope, svc)
 
 
@@ -397,10 +397,46 @@ def test_a_job_notification_finds_its_model_through_the_catalogue(tmp_path):
     path.write_text(text)
     svc = services(load_catalogue(path))
     svc.compute = {"databricks": FakeCompute(backend="databricks")}
-    assert handlers.job_notified("databricks", "1234", "987", svc) == "poll"
-    assert handlers.job_notified("databricks", "5555", "988", svc) == "ignored"
+    assert handlers.job_notified("databricks", ["1234", None], "987", svc, event="jobs.on_success") == "poll"
+    assert handlers.job_notified("databricks", ["5555", "other"], "988", svc, event="jobs.on_success") == "ignored"
     (poll,) = svc.bus.take("poll-run")
     assert (poll.command.model_name, poll.command.backend, poll.command.run_id) == (MODEL, "databricks", "987")
+
+
+def _databricks_job_catalogue(tmp_path, job: str):
+    from shared.catalogue import load_catalogue
+
+    text = (
+        (REPO_ROOT / "catalogue.toml")
+        .read_text()
+        .replace(
+            'backend = "local"\njob = "signalbox.examples.iris.train"\nparameters = { C = "1.0" }',
+            f'backend = "databricks"\njob = "{job}"\nparameters = {{ C = "1.0" }}',
+        )
+    )
+    path = tmp_path / "catalogue.toml"
+    path.write_text(text)
+    return load_catalogue(path)
+
+
+def test_a_job_named_by_name_in_the_catalogue_matches_the_notification_by_the_job_name(tmp_path):
+    svc = services(_databricks_job_catalogue(tmp_path, "iris-training"))
+    svc.compute = {"databricks": FakeCompute(backend="databricks")}
+    # The payload names the job by id and name; the catalogue by name.
+    assert handlers.job_notified("databricks", ["771", "iris-training"], "41", svc, event="jobs.on_failure") == "poll"
+    (poll,) = svc.bus.take("poll-run")
+    assert poll.command.run_id == "41"
+
+
+def test_job_start_is_ignored_and_each_ending_event_is_its_own_cause(tmp_path):
+    svc = services(_databricks_job_catalogue(tmp_path, "1234"))
+    svc.compute = {"databricks": FakeCompute(backend="databricks")}
+    assert handlers.job_notified("databricks", ["1234"], "9", svc, event="jobs.on_start") == "ignored"
+    assert svc.bus.take("poll-run") == []
+    handlers.run_finished("databricks", "9", MODEL, svc, event="jobs.on_start")
+    handlers.run_finished("databricks", "9", MODEL, svc, event="jobs.on_success")
+    first, second = svc.bus.take("poll-run")
+    assert first.message_id != second.message_id  # within the duplicate window, both get through
 
 
 def test_a_slow_endpoint_is_awaited_by_scheduled_checks_then_deployed():

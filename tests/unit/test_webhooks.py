@@ -474,6 +474,7 @@ class TestDatabricks:
             run_id="41847992357943",
             job_id="281874479417551",
             delivery_key="job:1234567890:41847992357943:jobs.on_success",
+            job_name="train-churn",
         )
 
     def test_job_failure_and_task_notifications(self) -> None:

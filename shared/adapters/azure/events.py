@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from shared.domain import LifecycleEvent
 from shared.errors import PermanentError, TransientError
 
 __all__ = ["EVENT_TYPE_PREFIX", "LIFECYCLE_EVENT_TYPES", "EventGridLifecycleEvents"]
@@ -25,25 +26,7 @@ ENDPOINT_SETTING = "SIGNALBOX_EVENTGRID_ENDPOINT"
 KEY_SETTING = "SIGNALBOX_EVENTGRID_KEY"
 
 # Every event type the handlers publish (subscriptions filter on f"{EVENT_TYPE_PREFIX}{type}").
-LIFECYCLE_EVENT_TYPES: tuple[str, ...] = (
-    "DataLanded",
-    "DataRefused",
-    "EventRefused",
-    "DriftDetected",
-    "TrainingStarted",
-    "TrainingSucceeded",
-    "TrainingFailed",
-    "ScoringCompleted",
-    "VersionEvaluated",
-    "ChallengerLost",
-    "VersionStaged",
-    "ApprovalRequested",
-    "VersionApproved",
-    "ApprovalRejected",
-    "VersionDeployed",
-    "DeploymentRolledBack",
-    "BatchScoringStarted",
-)
+LIFECYCLE_EVENT_TYPES: tuple[str, ...] = tuple(event.value for event in LifecycleEvent)
 
 # Per-call pipeline options: azure-eventgrid 4.2x drops client-level options for basic topics,
 # and its default (10 retries, backoff up to 120 s) would outlast a function invocation.

@@ -29,7 +29,7 @@ def to_message(envelope: Envelope, scheduled_at: datetime | None = None) -> Outb
     """The queue message an envelope travels as (the same fields Service Bus gets)."""
     return OutboundMessage(
         body=envelope.to_json(),
-        message_id=envelope.message_id,
+        message_id=envelope.transport_id,
         session_id=envelope.session_id,
         correlation_id=envelope.correlation_id,
         subject=envelope.command.kind,

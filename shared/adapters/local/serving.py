@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared.errors import DeploymentFailed, PermanentError
 from shared.ports import Deployment, Readiness, ScoringFrame
 
 __all__ = ["SLOTS", "LocalServing", "resolve_route"]
@@ -54,7 +55,7 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 def _check_endpoint(endpoint: str) -> str:
     if not _ENDPOINT_NAME.match(endpoint):
-        raise ValueError(f"invalid endpoint name {endpoint!r}: letters, digits, '-' and '_' only, at most 63")
+        raise PermanentError(f"invalid endpoint name {endpoint!r}: letters, digits, '-' and '_' only, at most 63")
     return endpoint
 
 
@@ -345,7 +346,7 @@ class LocalServing:
         while True:
             code = proc.poll()
             if code is not None:
-                raise RuntimeError(
+                raise DeploymentFailed(
                     f"scoring server exited with code {code} before it was ready; last log lines "
                     f"({log_path}):\n{_log_tail(log_path)}"
                 )
@@ -356,7 +357,7 @@ class LocalServing:
             except (urllib.error.URLError, OSError):
                 pass  # not listening yet
             if time.monotonic() >= deadline:
-                raise RuntimeError(
+                raise DeploymentFailed(
                     f"scoring server not ready after {self.start_timeout:.0f}s; last log lines "
                     f"({log_path}):\n{_log_tail(log_path)}"
                 )
@@ -377,11 +378,11 @@ class LocalServing:
                 body: bytes = response.read()
         except urllib.error.HTTPError as exc:
             excerpt = exc.read().decode("utf-8", errors="replace")[:_ERROR_EXCERPT_CHARS]
-            raise RuntimeError(
+            raise DeploymentFailed(
                 f"{deployment.model_name} v{deployment.version} ({deployment.url}) answered {exc.code}: {excerpt}"
             ) from exc
         except (urllib.error.URLError, OSError) as exc:
-            raise RuntimeError(
+            raise DeploymentFailed(
                 f"{deployment.model_name} v{deployment.version} unreachable at {deployment.url}: {exc}"
             ) from exc
         return json.loads(body)
