@@ -1,17 +1,35 @@
-"""The ``Registry`` port over an MLflow model registry (local server, Databricks or Azure ML).
+"""The ``Registry`` port over an MLflow model registry (local server, Databricks, Unity Catalog, Azure ML).
 
 MLflow is imported in the constructor, never at module level, so importing the function
 app stays fast; only the code path that builds this adapter pays for it.
+
+What differs by registry (known from the registry URI's scheme, see ``Capabilities``):
+
+- Unity Catalog (``databricks-uc``): a search takes one ``name=`` or ``run_id=`` condition and
+  returns versions without tags or aliases, so each found version is read with
+  ``get_model_version`` (in parallel) and tags are matched here.
+- Databricks workspace registry (``databricks``): no aliases. The stage tags carry the lifecycle:
+  ``champion`` is the version tagged ``stage=production``, ``challenger`` the one tagged
+  ``stage=staged``; setting or deleting an alias does nothing.
+- MLflow's own stores (SQL, an MLflow server, Azure ML): tag-filtered searches and aliases.
+
+MLflow failures surface as Signalbox errors (``shared.adapters.mlflow.client.translate``): 429, 5xx
+and timeouts as ``TransientError``, a missing version as ``UnknownVersion``, 401/403 as
+``PermanentError``.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from shared.adapters.mlflow.client import Capabilities, bound_http_defaults, translate, workspace_registry_refusal
+from shared.errors import UnknownVersion
 from shared.ports import ModelVersion
 
 if TYPE_CHECKING:
@@ -24,6 +42,28 @@ __all__ = ["MlflowRegistry"]
 # Either way no quote or space can reach the search filter.
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _PAGE_SIZE = 1000
+# Unity Catalog answers tags one version at a time: this many reads in flight at once.
+_PARALLEL_READS = 8
+# Where a registry has no aliases, the alias each stage stands for (see the module docstring).
+_STAGE_OF_ALIAS = {"champion": "production", "challenger": "staged"}
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _translated(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Raise MLflow's failures out of a port method as Signalbox errors (see ``translate``)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except Exception as error:
+            translated = translate(error, f"MLflow registry {method.__name__}")
+            if translated is error:
+                raise
+            raise translated from error
+
+    return wrapper
 
 
 def _error_code(error: Exception) -> str | None:
@@ -72,12 +112,16 @@ class MlflowRegistry:
     """Registry port over ``mlflow.MlflowClient``."""
 
     def __init__(self, tracking_uri: str, registry_uri: str | None = None) -> None:
+        bound_http_defaults()  # before the first request: MLflow reads them per request
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
         self._client: MlflowClient = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
         self._mlflow_exception: type[Exception] = MlflowException
-        if (registry_uri or tracking_uri).startswith("sqlite:"):
+        # The URI MLflow resolved (a "databricks" tracking URI alone means Unity Catalog in MLflow 3).
+        self.registry_uri: str = str(self._client._registry_uri)
+        self.capabilities = Capabilities.of(self.registry_uri)
+        if self.registry_uri.startswith("sqlite:"):
             _commit_without_fsync(self._writer.store)
 
     @property
@@ -97,12 +141,12 @@ class MlflowRegistry:
 
     @contextmanager
     def _version_must_exist(self, model_name: str, version: str) -> Iterator[None]:
-        """Turn MLflow's "not found" for a version (or its model) into ``LookupError``."""
+        """Turn MLflow's "not found" for a version (or its model) into ``UnknownVersion``."""
         try:
             yield
         except Exception as error:
-            if self._is(error, "RESOURCE_DOES_NOT_EXIST"):
-                raise LookupError(f"model {model_name} version {version} is not registered") from None
+            if self._is(error, "RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                raise UnknownVersion(f"model {model_name} version {version} is not registered") from None
             raise
 
     def _search(self, filter_string: str) -> Iterator[MlflowModelVersion]:
@@ -116,16 +160,20 @@ class MlflowRegistry:
             if not page_token:
                 return
 
-    @staticmethod
-    def _to_port(version: MlflowModelVersion, aliases: tuple[str, ...] | None = None) -> ModelVersion:
+    def _to_port(self, version: MlflowModelVersion, aliases: tuple[str, ...] | None = None) -> ModelVersion:
+        """A version MLflow read with its tags (never a Unity Catalog search result, which has none)."""
         created_ms: Any = version.creation_timestamp
+        tags = dict(version.tags or {})
+        if not self.capabilities.aliases:
+            # The stage tag stands for the alias the registry cannot hold.
+            aliases = tuple(a for a, stage in _STAGE_OF_ALIAS.items() if tags.get("stage") == stage)
         return ModelVersion(
             model_name=version.name,
             version=str(version.version),
             run_id=version.run_id or None,  # MLflow reports "" for a version with no run
             source=version.source or None,
             status=str(version.status),
-            tags=dict(version.tags or {}),
+            tags=tags,
             aliases=tuple(version.aliases or ()) if aliases is None else aliases,
             created_at=datetime.fromtimestamp(created_ms / 1000, tz=UTC) if created_ms else None,
         )
@@ -142,47 +190,79 @@ class MlflowRegistry:
             by_version.setdefault(str(version), []).append(alias)
         return {version: tuple(aliases) for version, aliases in by_version.items()}
 
+    def _read_each(self, found: Iterable[MlflowModelVersion]) -> list[ModelVersion]:
+        """Each found version read on its own (tags and aliases), in parallel; the deleted left out."""
+
+        def read(version: MlflowModelVersion) -> ModelVersion | None:
+            try:
+                return self._to_port(self._client.get_model_version(version.name, str(version.version)))
+            except Exception as error:
+                if self._is(error, "RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):  # deleted since the search
+                    return None
+                raise
+
+        listed = list(found)
+        if len(listed) <= 1:
+            read_all = [read(v) for v in listed]
+        else:
+            with ThreadPoolExecutor(max_workers=min(_PARALLEL_READS, len(listed))) as pool:
+                read_all = list(pool.map(read, listed))
+        return [v for v in read_all if v is not None]
+
     def _sorted(self, versions: Iterable[MlflowModelVersion]) -> list[ModelVersion]:
         found = list(versions)
-        # Searches return versions without their aliases; the registered model holds them.
-        aliases = {name: self._aliases_by_version(name) for name in {v.name for v in found}}
-        ported = [self._to_port(v, aliases[v.name].get(str(v.version), ())) for v in found]
+        if not self.capabilities.search_tags:
+            ported = self._read_each(found)
+        elif not self.capabilities.aliases:
+            ported = [self._to_port(v) for v in found]
+        else:
+            # Searches return versions without their aliases; the registered model holds them.
+            aliases = {name: self._aliases_by_version(name) for name in {v.name for v in found}}
+            ported = [self._to_port(v, aliases[v.name].get(str(v.version), ())) for v in found]
         return sorted(ported, key=lambda v: (v.model_name, int(v.version) if v.version.isdigit() else 0))
 
     # -- Registry port ---------------------------------------------------------------------------
 
+    @_translated
     def get_version(self, model_name: str, version: str) -> ModelVersion:
-        """One version; raises ``LookupError`` when it does not exist."""
+        """One version; raises ``UnknownVersion`` (a ``LookupError``) when it does not exist."""
         # MLflow versions are integers; anything else cannot name one.
         if not str(version).isdigit():
-            raise LookupError(f"model {model_name} version {version} is not registered")
+            raise UnknownVersion(f"model {model_name} version {version} is not registered")
         with self._version_must_exist(model_name, version):
             found = self._client.get_model_version(model_name, str(version))
         return self._to_port(found)
 
+    @_translated
     def list_versions(self, model_name: str) -> list[ModelVersion]:
-        """Every version of a model, oldest first (empty when the model is unknown)."""
+        """Every version of a model, oldest first (empty when the model is unknown).
+
+        One search page per 1,000 versions, plus, on Unity Catalog, one read per version.
+        """
         literal = _quoted(model_name)
         if literal is not None:
             return self._sorted(self._search(f"name={literal}"))
         # A name with both kinds of quote cannot be written in a filter: scan and filter here.
         return self._sorted(v for v in self._search("") if v.name == model_name)
 
+    @_translated
     def versions_of_run(self, run_id: str) -> list[ModelVersion]:
         """The versions a training run registered."""
         if not _RUN_ID.fullmatch(run_id):
             raise ValueError(f"not a run id: {run_id!r}")
         return self._sorted(self._search(f"run_id='{run_id}'"))
 
+    @_translated
     def versions_with_tag(self, model_name: str, key: str, value: str) -> list[ModelVersion]:
         """The versions of a model whose tag ``key`` is ``value``, oldest first.
 
-        A tag-filtered search, so the cost follows the matches, not the versions registered; a
-        registry that cannot filter on tags (or a name, key or value the filter cannot quote) is
-        listed and filtered here instead.
+        A tag-filtered search where the registry has one (MLflow's own stores), so the cost follows
+        the matches, not the versions registered. Databricks registries accept one ``name=``
+        condition only: their versions are listed and matched here (on Unity Catalog that is one
+        search page per 1,000 versions and one read per version, ``_PARALLEL_READS`` at a time).
         """
         name, wanted = _quoted(model_name), _quoted(value)
-        if name is None or wanted is None or "`" in key:
+        if not self.capabilities.tag_search or name is None or wanted is None or "`" in key:
             return [v for v in self.list_versions(model_name) if v.tags.get(key) == value]
         try:
             found = list(self._search(f"name={name} AND tags.`{key}`={wanted}"))
@@ -199,12 +279,14 @@ class MlflowRegistry:
                 continue
         return sorted(ported, key=lambda v: int(v.version) if v.version.isdigit() else 0)
 
+    @_translated
     def set_version_tags(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
-        """Set (overwrite) tags on a version; ``LookupError`` when it does not exist."""
+        """Set (overwrite) tags on a version; ``UnknownVersion`` when it does not exist."""
         with self._version_must_exist(model_name, version):
             for key, value in tags.items():
                 self._writer.set_model_version_tag(model_name, str(version), key, value)
 
+    @_translated
     def delete_version_tag(self, model_name: str, version: str, key: str) -> None:
         """Remove a tag from a version; no error when it is absent."""
         try:
@@ -215,31 +297,60 @@ class MlflowRegistry:
             # Some stores report a missing tag this way: only a missing version is an error.
             self.get_version(model_name, version)
 
+    @_translated
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
-        """Point an alias at a version; ``LookupError`` when it does not exist."""
-        with self._version_must_exist(model_name, version):
-            self._writer.set_registered_model_alias(model_name, alias, str(version))
+        """Point an alias at a version; ``UnknownVersion`` when it does not exist.
 
+        Does nothing on a registry without aliases (the Databricks workspace registry): there the
+        version's stage tag, set before, already says what the alias would.
+        """
+        if not self.capabilities.aliases:
+            return
+        try:
+            with self._version_must_exist(model_name, version):
+                self._writer.set_registered_model_alias(model_name, alias, str(version))
+        except Exception as error:
+            if not self._no_aliases(error):
+                raise
+
+    @_translated
     def delete_alias(self, model_name: str, alias: str) -> None:
-        """Remove an alias; no error when it is absent."""
+        """Remove an alias; no error when it is absent. Does nothing on a registry without aliases."""
+        if not self.capabilities.aliases:
+            return
         try:
             self._writer.delete_registered_model_alias(model_name, alias)
         except Exception as error:
             # An unknown model has no aliases either.
-            if not self._is(error, "RESOURCE_DOES_NOT_EXIST"):
+            if not (self._is(error, "RESOURCE_DOES_NOT_EXIST") or self._no_aliases(error)):
                 raise
 
+    @_translated
     def alias_version(self, model_name: str, alias: str) -> str | None:
-        """The version an alias points at, if any."""
-        try:
-            found = self._client.get_model_version_by_alias(model_name, alias)
-        except Exception as error:
-            # MLflow's SQL store reports a missing alias as INVALID_PARAMETER_VALUE.
-            if self._is(error, "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return None
-            raise
-        return str(found.version)
+        """The version an alias points at, if any.
 
+        On a registry without aliases (the Databricks workspace registry) ``champion`` is the newest
+        version tagged ``stage=production`` and ``challenger`` the newest tagged ``stage=staged``;
+        any other alias points nowhere.
+        """
+        if self.capabilities.aliases:
+            try:
+                found = self._client.get_model_version_by_alias(model_name, alias)
+            except Exception as error:
+                # MLflow's SQL store reports a missing alias as INVALID_PARAMETER_VALUE.
+                if self._is(error, "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                    return None
+                if not self._no_aliases(error):
+                    raise
+            else:
+                return str(found.version)
+        stage = _STAGE_OF_ALIAS.get(alias)
+        if stage is None:
+            return None
+        tagged = self.versions_with_tag(model_name, "stage", stage)
+        return tagged[-1].version if tagged else None
+
+    @_translated
     def model_tags(self, model_name: str) -> dict[str, str]:
         """Tags on the registered model (empty when the model is unknown)."""
         try:
@@ -250,6 +361,7 @@ class MlflowRegistry:
             raise
         return dict(model.tags or {})
 
+    @_translated
     def set_model_tag(self, model_name: str, key: str, value: str) -> None:
         """Set a tag on the registered model, creating the model if needed."""
         try:
@@ -264,6 +376,18 @@ class MlflowRegistry:
 
     # -- beyond the port -------------------------------------------------------------------------
 
+    def _no_aliases(self, error: Exception) -> bool:
+        """Whether MLflow refused an alias method because the registry has none; remembers it.
+
+        The registry URI's scheme normally tells; this catches a workspace registry reached under
+        another URI, once, so later calls go straight to the stage tags.
+        """
+        if self._is(error, "INTERNAL_ERROR") and workspace_registry_refusal(error):
+            self.capabilities.aliases = False
+            return True
+        return False
+
+    @_translated
     def ensure_model(self, name: str) -> None:
         """Create the registered model if it does not exist yet."""
         try:
