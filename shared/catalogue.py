@@ -23,6 +23,8 @@ The catalogue is a TOML file (``catalogue.toml`` by default)::
     [models.iris-classifier.deployment]
     endpoint = "iris"
     mode = "real_time"                    # or "batch"
+    workload_size = "Small"               # Databricks serving: Small | Medium | Large
+    scale_to_zero_enabled = true          # Databricks serving: idle entities scale to zero
     [models.iris-classifier.drift]
     cooldown = "PT1H"
 
@@ -82,6 +84,13 @@ class Deployment(_Strict):
     endpoint: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9-]{1,31}$")
     mode: Literal["real_time", "batch"] = "real_time"
     scoring_job: str | None = Field(default=None, description="batch scoring entry point (mode batch)")
+    # Databricks Model Serving: the compute of each served entity Signalbox adds to the endpoint.
+    workload_size: Literal["Small", "Medium", "Large"] = Field(
+        default="Small", description="Databricks served entity concurrency: Small 4, Medium 16, Large 64"
+    )
+    scale_to_zero_enabled: bool = Field(
+        default=True, strict=True, description="Databricks: scale the served entity to zero when idle"
+    )
 
 
 class Drift(_Strict):

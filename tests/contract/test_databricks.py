@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from shared import domain, handlers
-from shared.adapters.databricks.compute import DatabricksCompute
+from shared.adapters.databricks.compute import DatabricksCompute, retry_key
 from shared.adapters.databricks.serving import DatabricksServing, served_entity_name
 from shared.contracts import DeployVersion, Envelope
 from shared.errors import PermanentError, TransientError
@@ -420,9 +420,85 @@ def test_a_failed_run_says_why_with_the_failed_tasks_error(fake: FakeDatabricks,
 
     status = compute.status(str(RUN))
 
-    assert status.state == "failed" and status.finished
+    assert status.state == "failed" and status.finished and not status.retryable  # the job's own failure
     assert status.message == f"RUN_EXECUTION_ERROR: {message}; task train: ValueError: the landed file has no rows"
     assert [c.query["run_id"] for c in fake.sent("GET", RUNS_OUTPUT)] == [str(TASK_RUN)]
+
+
+CAPACITY_FAILURES = [
+    # (termination code, termination type, deprecated life_cycle_state, message), as runs/get reports them
+    (
+        "MAX_CONCURRENT_RUNS_EXCEEDED",
+        "CLIENT_ERROR",
+        "SKIPPED",
+        "Skipping this run because the limit of 1 maximum concurrent runs has been reached.",
+    ),
+    (
+        "WORKSPACE_RUN_LIMIT_EXCEEDED",
+        "CLIENT_ERROR",
+        "SKIPPED",
+        "The workspace has reached the quota for the maximum number of concurrent active runs.",
+    ),
+    ("CLOUD_FAILURE", "CLOUD_FAILURE", "INTERNAL_ERROR", "Azure VM quota exceeded for Standard_DS3_v2."),
+    ("INTERNAL_ERROR", "INTERNAL_ERROR", "INTERNAL_ERROR", "An unexpected error occurred in the Jobs service."),
+]
+
+
+def capacity_run(code: str, kind: str, lifecycle: str, message: str) -> dict[str, Any]:
+    body = run("TERMINATED", code=code, message=message, lifecycle=lifecycle, tasks=[])
+    body["status"]["termination_details"]["type"] = kind
+    return body
+
+
+@pytest.mark.parametrize(("code", "kind", "lifecycle", "message"), CAPACITY_FAILURES)
+def test_a_capacity_failure_is_failed_and_retryable(
+    fake: FakeDatabricks, compute: DatabricksCompute, code: str, kind: str, lifecycle: str, message: str
+):
+    fake.reply("GET", RUNS_GET, (200, capacity_run(code, kind, lifecycle, message)))
+
+    status = compute.status(str(RUN))
+
+    assert status.state == "failed" and status.finished and status.retryable
+    assert status.message == f"{code}: {message}"
+    assert fake.sent("GET", RUNS_OUTPUT) == []  # nothing of the job ran: no task output to read
+
+
+def test_a_capacity_failure_seen_through_the_deprecated_state_alone_is_retryable(
+    fake: FakeDatabricks, compute: DatabricksCompute
+):
+    body = run("TERMINATED", lifecycle="INTERNAL_ERROR", message="Cluster launch failed: cloud provider error")
+    del body["status"]  # an older API answer
+    fake.reply("GET", RUNS_GET, (200, body))
+    status = compute.status(str(RUN))
+    assert status.state == "failed" and status.retryable
+    assert status.message == "INTERNAL_ERROR: Cluster launch failed: cloud provider error"
+
+    body = run("TERMINATED", lifecycle="TERMINATED", result="FAILED", message="Workload failed")
+    del body["status"]
+    fake.reply("GET", RUNS_GET, (200, body))
+    assert not compute.status(str(RUN)).retryable
+
+
+def test_a_relaunch_after_a_capacity_failure_starts_a_new_run(fake: FakeDatabricks, compute: DatabricksCompute):
+    runs_by_token: dict[str, int] = {}
+
+    def run_now(call: Call) -> Reply:
+        # The documented idempotency: a token seen before returns its run, launching nothing.
+        run_id = runs_by_token.setdefault(call.body["idempotency_token"], RUN + 2 * len(runs_by_token))
+        return 200, {"run_id": run_id, "number_in_job": run_id}
+
+    fake.reply("POST", RUN_NOW, run_now)
+    request = job_request()
+    assert compute.launch(request) == str(RUN)
+    assert compute.launch(request) == str(RUN)  # a redelivery: the same (failed) run
+
+    relaunch = job_request(idempotency_key=retry_key(request.idempotency_key or "", 1))
+    assert compute.launch(relaunch) == str(RUN + 2)
+    assert compute.launch(relaunch) == str(RUN + 2)  # the relaunch is itself idempotent
+    assert compute.launch(job_request(idempotency_key=retry_key(request.idempotency_key or "", 2))) == str(RUN + 4)
+    tokens = [c.body["idempotency_token"] for c in fake.sent("POST", RUN_NOW)]
+    assert len(set(tokens)) == 3 and all(len(t) <= 64 for t in tokens)
+    assert retry_key("k", 0) == "k"
 
 
 def test_cancel_asks_databricks_then_the_run_reads_cancelled(fake: FakeDatabricks, compute: DatabricksCompute):
@@ -770,7 +846,7 @@ def test_the_smoke_request_goes_to_the_new_served_entity_alone(fake: FakeDatabri
     assert serving.invoke(candidate("2", fake), payload) == {"predictions": [0, 1, 2]}
 
     (call,) = fake.sent("POST", path)
-    assert call.body == payload and call.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert call.body == payload.dataframe_split() and call.headers["Authorization"] == f"Bearer {TOKEN}"
     assert fake.sent("POST", f"/serving-endpoints/{ENDPOINT}/invocations") == []
 
 
@@ -844,30 +920,50 @@ def test_stop_of_the_only_entity_deletes_the_endpoint(fake: FakeDatabricks, serv
     assert fake.api_calls() == [("GET", GET_ENDPOINT), ("DELETE", GET_ENDPOINT)]
 
 
-def test_stop_during_an_update_leaves_an_unrouted_entity_for_later(
-    fake: FakeDatabricks, serving: DatabricksServing, caplog: pytest.LogCaptureFixture
+def test_stop_during_an_update_changes_nothing_and_asks_to_check_again(
+    fake: FakeDatabricks, serving: DatabricksServing
 ):
     both = [entity("1"), entity("2")]
-    fake.reply(
-        "GET",
-        GET_ENDPOINT,
-        (
-            200,
-            endpoint(
-                both,
-                {f"{MODEL}-1": 100, f"{MODEL}-2": 0},
-                update="IN_PROGRESS",
-                pending=both,
-                pending_routes={f"{MODEL}-1": 0, f"{MODEL}-2": 100},
-            ),
-        ),
+    routing = endpoint(
+        both,
+        {f"{MODEL}-1": 100, f"{MODEL}-2": 0},
+        update="IN_PROGRESS",
+        pending=both,
+        pending_routes={f"{MODEL}-1": 0, f"{MODEL}-2": 100},
     )
-    with caplog.at_level(logging.WARNING, logger="signalbox.serving.databricks"):
-        serving.stop(Deployment(ENDPOINT, MODEL, "1", f"{MODEL}-1", serving.endpoint_url(ENDPOINT)))
+    applied = endpoint(both, {f"{MODEL}-1": 0, f"{MODEL}-2": 100})
+    fake.reply("GET", GET_ENDPOINT, (200, routing), (200, routing), (200, applied))
+    fake.reply("PUT", CONFIG, (200, endpoint(both, update="IN_PROGRESS")))
+    old = Deployment(ENDPOINT, MODEL, "1", f"{MODEL}-1", serving.endpoint_url(ENDPOINT))
+
+    # The old entity takes no traffic in the update, but leaving now would leave it serving for good.
+    with pytest.raises(TransientError, match="config update in progress; iris-classifier-1 is removed once"):
+        serving.stop(old)
+    with pytest.raises(TransientError, match="config update in progress and it routes traffic to iris-classifier-2"):
+        serving.stop(candidate("2", fake))
     assert fake.sent("PUT", CONFIG) == []
-    assert "stays until the next deploy" in caplog.text
-    with pytest.raises(TransientError, match="routes traffic"):
-        serving.stop(candidate("2", fake))  # the one the update routes to cannot go now
+
+    serving.stop(old)  # the update has ended: now it goes
+    (update,) = fake.sent("PUT", CONFIG)
+    assert update.body["served_entities"] == [as_input("2")] and routes_of(update.body) == {f"{MODEL}-2": 100}
+
+
+def test_an_update_refused_with_409_is_transient_and_says_an_update_is_in_progress(
+    fake: FakeDatabricks, serving: DatabricksServing
+):
+    both = [entity("1"), entity("2")]
+    fake.reply("GET", GET_ENDPOINT, (200, endpoint(both, {f"{MODEL}-1": 0, f"{MODEL}-2": 100})))
+    # Another update began between the read and the write: Databricks answers 409.
+    fake.reply(
+        "PUT",
+        CONFIG,
+        error(409, "RESOURCE_CONFLICT", f"Endpoint {ENDPOINT} is currently being updated. Please try again later."),
+    )
+    with pytest.raises(TransientError, match=r"config update in progress \(409 RESOURCE_CONFLICT\); remove"):
+        serving.stop(Deployment(ENDPOINT, MODEL, "1", f"{MODEL}-1", serving.endpoint_url(ENDPOINT)))
+    with pytest.raises(TransientError, match="config update in progress"):
+        serving.route(ENDPOINT, Deployment(ENDPOINT, MODEL, "1", f"{MODEL}-1", serving.endpoint_url(ENDPOINT)))
+    assert len(fake.sent("PUT", CONFIG)) == 2
 
 
 def test_serving_errors_are_translated(fake: FakeDatabricks, serving: DatabricksServing):
@@ -879,7 +975,7 @@ def test_serving_errors_are_translated(fake: FakeDatabricks, serving: Databricks
         serving.readiness(candidate("2", fake))
     fake.reply("GET", GET_ENDPOINT, (200, endpoint([entity("1")], {f"{MODEL}-1": 100})))
     fake.reply("PUT", CONFIG, error(409, "RESOURCE_CONFLICT", "Endpoint iris is currently being updated"))
-    with pytest.raises(TransientError, match="conflicts"):
+    with pytest.raises(TransientError, match="config update in progress"):
         serving.start(ENDPOINT, MODEL, "2")
     with pytest.raises(PermanentError, match="invalid serving endpoint name"):
         serving.current("iris/../../api")
@@ -965,8 +1061,12 @@ class ServingWorkspace:
         return {r["served_model_name"]: r["traffic_percentage"] for r in config["traffic_config"]["routes"]}
 
 
-def deploy_until_done(svc: Any, version: str) -> str:
-    """Run one DeployVersion and its scheduled readiness checks through the deploy handler."""
+def deploy_until_done(svc: Any, version: str, transient: list[str] | None = None) -> str:
+    """Run one DeployVersion and its scheduled readiness checks through the deploy handler.
+
+    A ``TransientError`` puts the message back, as the runtime's scheduled retry does; its text
+    goes to ``transient``.
+    """
     registry: FakeRegistry = svc.registry
     registry.set_version_tags(
         MODEL, version, {domain.STAGE: domain.Stage.STAGED, domain.APPROVAL: domain.Approval.AUTO}
@@ -981,10 +1081,18 @@ def deploy_until_done(svc: Any, version: str) -> str:
         )
     )
     outcome = ""
+    retries = 0
     while bus.sent:
         envelope, _ = bus.sent.pop(0)
         assert envelope.command.kind == "deploy"
-        outcome = handlers.deploy(envelope, svc)
+        try:
+            outcome = handlers.deploy(envelope, svc)
+        except TransientError as exc:
+            retries += 1
+            assert retries < 10, f"still transient after {retries} deliveries: {exc}"
+            if transient is not None:
+                transient.append(str(exc))
+            bus.sent.append((envelope, None))
     return outcome
 
 
@@ -1001,10 +1109,13 @@ def test_the_deploy_handler_runs_blue_green_and_rollback_over_databricks(
     assert deploy_until_done(svc, "1") == "deployed"
     assert workspace.traffic() == {f"{MODEL}-1": 100}
 
-    assert deploy_until_done(svc, "2") == "deployed"
-    # Routed to v2; the old entity's removal had to wait for the routing update, so it is still there, unrouted.
+    transient: list[str] = []
+    assert deploy_until_done(svc, "2", transient) == "deployed"
+    # The old entity's removal met the routing update: the adapter said so instead of leaving it.
+    assert transient and all("config update in progress" in t for t in transient)
     assert serving.current(ENDPOINT) is not None and serving.current(ENDPOINT).version == "2"  # type: ignore[union-attr]
-    assert workspace.smoke == [f"{MODEL}-1", f"{MODEL}-2"]
+    assert workspace.traffic()[f"{MODEL}-2"] == 100
+    assert workspace.smoke[:2] == [f"{MODEL}-1", f"{MODEL}-2"]
 
     workspace.failing_versions["3"] = "Container build failed: out of capacity"
     assert deploy_until_done(svc, "3") == "rolled-back"
@@ -1012,12 +1123,38 @@ def test_the_deploy_handler_runs_blue_green_and_rollback_over_databricks(
     assert "out of capacity" in record["reason"]
     current = serving.current(ENDPOINT)
     assert current is not None and current.version == "2"
-    # The failed update never applied: v3 never joined, and v1's unrouted leftover is still there.
-    assert workspace.traffic() == {f"{MODEL}-1": 0, f"{MODEL}-2": 100}
+    # The failed update never applied: v3 never joined; v1 takes nothing (removed, or left to the next start).
+    traffic = workspace.traffic()
+    assert traffic[f"{MODEL}-2"] == 100 and set(traffic) <= {f"{MODEL}-1", f"{MODEL}-2"}
     assert svc.registry.stage(MODEL, "2") == "production" and svc.registry.stage(MODEL, "1") == "surpassed"
 
     # The next successful start takes the leftover away.
     svc.registry.register(MODEL)
     assert deploy_until_done(svc, "4") == "deployed"
     assert serving.current(ENDPOINT).version == "4"  # type: ignore[union-attr]  # (this read applies the route)
-    assert workspace.traffic() == {f"{MODEL}-2": 0, f"{MODEL}-4": 100}
+    traffic = workspace.traffic()
+    assert traffic[f"{MODEL}-4"] == 100 and f"{MODEL}-1" not in traffic and set(traffic) <= {f"{MODEL}-2", f"{MODEL}-4"}
+
+
+def test_stop_after_route_waits_for_the_routing_update_then_removes_the_old_entity(
+    fake: FakeDatabricks, serving: DatabricksServing
+):
+    """What the deploy handler relies on: a stop re-sent after the routing update ends removes the old entity."""
+    workspace = ServingWorkspace(fake)
+    first = serving.start(ENDPOINT, MODEL, "1")
+    serving.readiness(first)  # the creation applies on the second read
+    assert serving.readiness(first).state == "ready"
+    second = serving.start(ENDPOINT, MODEL, "2")
+    serving.readiness(second)
+    assert serving.readiness(second).state == "ready"
+
+    serving.route(ENDPOINT, second)
+    with pytest.raises(TransientError, match="config update in progress"):
+        serving.stop(first)  # the routing update is running
+    assert workspace.traffic() == {f"{MODEL}-1": 100, f"{MODEL}-2": 0}  # nothing changed yet
+    serving.stop(first)  # this read sees the routing applied: the old entity goes
+    for _ in range(2):  # the removal is an update of its own: it applies on the second read
+        serving.current(ENDPOINT)
+    assert workspace.endpoints[ENDPOINT]["state"]["config_update"] == "NOT_UPDATING"
+    assert workspace.traffic() == {f"{MODEL}-2": 100}
+    assert [e["name"] for e in workspace.endpoints[ENDPOINT]["config"]["served_entities"]] == [f"{MODEL}-2"]

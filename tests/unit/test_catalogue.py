@@ -61,6 +61,14 @@ def test_a_valid_entry_reads_with_defaults(tmp_path):
         (('prod = "manual"', 'prod = "sometimes"'), "models.churn: approval.prod:"),
         (('endpoint = "churn"', 'endpoint = "Not Valid!"'), "models.churn: deployment.endpoint:"),
         (('cooldown = "PT30M"', 'cooldown = "half an hour"'), "models.churn: drift.cooldown:"),
+        (
+            ('endpoint = "churn"', 'endpoint = "churn"\nworkload_size = "Huge"'),
+            "models.churn: deployment.workload_size:",
+        ),
+        (
+            ('endpoint = "churn"', 'endpoint = "churn"\nscale_to_zero_enabled = "yes"'),
+            "models.churn: deployment.scale_to_zero_enabled:",
+        ),
         (('primary_metric = "auc"', 'primary_metric = "auc"\nsurprise = 1'), "models.churn: evaluation.surprise:"),
         (
             ('[models.churn.evaluation]\ndataset = "eval.csv"\nprimary_metric = "auc"\n', ""),
@@ -99,3 +107,17 @@ def test_blobs_route_to_the_longest_matching_prefix(tmp_path):
     assert catalogue.for_blob("other", "churn/a.csv") is None
     with pytest.raises(UnknownModel, match="known: churn, churnvip"):
         catalogue.get("nope")
+
+
+def test_serving_sizing_defaults_to_small_with_scale_to_zero_and_can_be_set(tmp_path):
+    entry = load_catalogue(write(tmp_path, GOOD)).get("churn")
+    assert entry.deployment is not None
+    assert (entry.deployment.workload_size, entry.deployment.scale_to_zero_enabled) == ("Small", True)
+    sized = GOOD.replace(
+        'endpoint = "churn"', 'endpoint = "churn"\nworkload_size = "Large"\nscale_to_zero_enabled = false'
+    )
+    entry = load_catalogue(write(tmp_path, sized)).get("churn")
+    assert entry.deployment is not None
+    assert (entry.deployment.workload_size, entry.deployment.scale_to_zero_enabled) == ("Large", False)
+    shipped = load_catalogue(REPO / "catalogue.toml").get("iris-classifier").deployment
+    assert shipped is not None and (shipped.workload_size, shipped.scale_to_zero_enabled) == ("Small", True)

@@ -21,6 +21,13 @@ Conventions between Signalbox and the job:
 - **Idempotency**: the request's ``idempotency_key`` is the run's ``idempotency_token``, so a
   redelivered command gets the same run back; a key over 64 characters (the API's limit) is
   replaced by its SHA-256 hex digest, so distinct keys never collapse into one run.
+- **Capacity failures**: a run that ends with ``MAX_CONCURRENT_RUNS_EXCEEDED``,
+  ``WORKSPACE_RUN_LIMIT_EXCEEDED``, ``CLUSTER_REQUEST_LIMIT_EXCEEDED``,
+  ``MAX_JOB_QUEUE_SIZE_EXCEEDED``, ``CLOUD_FAILURE`` or ``INTERNAL_ERROR`` (or whose termination
+  type is ``CLOUD_FAILURE`` / ``INTERNAL_ERROR``; with only the deprecated ``state``, a
+  ``life_cycle_state`` of ``INTERNAL_ERROR`` or ``SKIPPED``) reads ``failed`` with
+  ``RunStatus.retryable``. Its idempotency token still names the failed run, so a relaunch must
+  use another key: ``retry_key(key, attempt)``.
 
 Errors: what the SDK raises becomes ``TransientError`` (429, 5xx, timeouts, connection errors,
 conflicts) or ``PermanentError`` (401, 403, 404, bad requests) saying what to fix. The SDK retries
@@ -47,16 +54,20 @@ from shared.errors import PermanentError, TransientError
 from shared.ports import JobRequest, RunState, RunStatus
 
 if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
     from databricks.sdk import WorkspaceClient
     from databricks.sdk.service.jobs import Run, RunTask
 
 __all__ = [
     "DEFAULT_HTTP_TIMEOUT_SECONDS",
     "DEFAULT_RETRY_TIMEOUT_SECONDS",
+    "RETRYABLE_CODES",
     "TAG_PREFIX",
     "DatabricksCompute",
     "client_secrets",
     "databricks_client",
+    "retry_key",
+    "run_retryable",
     "sdk_errors",
     "translate_error",
 ]
@@ -84,6 +95,22 @@ _PENDING_STATES = {"QUEUED", "PENDING", "BLOCKED", "WAITING", "WAITING_FOR_RETRY
 _RUNNING_STATES = {"RUNNING", "TERMINATING"}
 _SUCCESS_CODES = {"SUCCESS", "SUCCESS_WITH_FAILURES"}
 _CANCEL_CODES = {"USER_CANCELED", "CANCELED"}
+# Termination codes (Jobs API 2.2 ``status.termination_details.code``) of runs that failed for
+# want of capacity or through the platform, not through the job: a new run may succeed.
+RETRYABLE_CODES = frozenset(
+    {
+        "MAX_CONCURRENT_RUNS_EXCEEDED",
+        "WORKSPACE_RUN_LIMIT_EXCEEDED",
+        "CLUSTER_REQUEST_LIMIT_EXCEEDED",
+        "MAX_JOB_QUEUE_SIZE_EXCEEDED",
+        "CLOUD_FAILURE",
+        "INTERNAL_ERROR",
+    }
+)
+# ``termination_details.type``: the platform's or the cloud's fault, whatever the code.
+_RETRYABLE_TYPES = {"INTERNAL_ERROR", "CLOUD_FAILURE"}
+# Deprecated ``state.life_cycle_state`` values of the same kind (SKIPPED: another run was active).
+_RETRYABLE_LIFECYCLES = {"INTERNAL_ERROR", "SKIPPED"}
 
 
 # -- client and errors (shared with the serving adapter) -------------------------------------
@@ -95,27 +122,37 @@ def databricks_client(
     token: str | None,
     retry_timeout_seconds: int = DEFAULT_RETRY_TIMEOUT_SECONDS,
     http_timeout_seconds: float = DEFAULT_HTTP_TIMEOUT_SECONDS,
+    azure_credential: TokenCredential | None = None,
 ) -> WorkspaceClient:
-    """A ``WorkspaceClient`` with a short retry budget; host and token fall back to the SDK's own resolution."""
+    """A ``WorkspaceClient`` with a short retry budget.
+
+    With a token: that token. Without one: the SDK's own resolution (``DATABRICKS_TOKEN``, OAuth,
+    a config profile, ``az login``), then the Azure managed identity (``azure_credential``, else
+    ``ManagedIdentityCredential`` with ``AZURE_CLIENT_ID``), which the SDK's chain lacks.
+    """
     from databricks.sdk import WorkspaceClient
     from databricks.sdk.config import Config
 
+    options: dict[str, Any] = {}
+    if not token:
+        from shared.adapters.databricks.auth import DefaultThenManagedIdentity
+
+        options["credentials_strategy"] = DefaultThenManagedIdentity(azure_credential)
     try:
-        # None leaves the attribute to the SDK: DATABRICKS_HOST / DATABRICKS_TOKEN, a config
-        # profile, or an Azure identity.
         config = Config(
             host=host,
-            token=token,
+            token=token or None,
             retry_timeout_seconds=retry_timeout_seconds,
             http_timeout_seconds=http_timeout_seconds,
             product="signalbox",
             product_version="0.1.0",
+            **options,
         )
     except ValueError as exc:
         message = _scrub(str(exc), [token] if token else [])
         raise PermanentError(
-            f"cannot configure the Databricks client: {message}; set DATABRICKS_HOST and DATABRICKS_TOKEN "
-            "(or an Azure identity the workspace accepts)"
+            f"cannot configure the Databricks client: {message}; set DATABRICKS_HOST and DATABRICKS_TOKEN, "
+            "or give the app's managed identity (AZURE_CLIENT_ID) access to the workspace"
         ) from None
     return WorkspaceClient(config=config)
 
@@ -139,6 +176,7 @@ class LazyWorkspace:
         client: Any = None,
         retry_timeout_seconds: int = DEFAULT_RETRY_TIMEOUT_SECONDS,
         http_timeout_seconds: float = DEFAULT_HTTP_TIMEOUT_SECONDS,
+        azure_credential: TokenCredential | None = None,
     ) -> None:
         self._given = client
         self._options = {
@@ -146,6 +184,7 @@ class LazyWorkspace:
             "token": token,
             "retry_timeout_seconds": retry_timeout_seconds,
             "http_timeout_seconds": http_timeout_seconds,
+            "azure_credential": azure_credential,
         }
         self._token = token
         self._lock = threading.Lock()
@@ -296,12 +335,13 @@ class DatabricksCompute(LazyWorkspace):
         ):
             run = self._client.jobs.get_run(number)
         state, message = run_state(run)
-        if state == "failed":
+        retryable = state == "failed" and run_retryable(run)
+        if state == "failed" and not retryable:
             detail = self._failed_task_error(run)
             if detail:
                 message = f"{message}; {detail}" if message else detail
         if state != "succeeded":
-            return RunStatus(run_id, state, message=_short(message) if message else None)
+            return RunStatus(run_id, state, message=_short(message) if message else None, retryable=retryable)
         outputs, problem = self._outputs(run, run_id)
         return RunStatus(run_id, "succeeded", message=problem, outputs=outputs)
 
@@ -448,6 +488,16 @@ def run_state(run: Run) -> tuple[RunState, str | None]:
     return "pending", message  # a state this SDK does not know yet: keep polling
 
 
+def run_retryable(run: Run) -> bool:
+    """Whether a failed run failed for want of capacity or through the platform (a new run may succeed)."""
+    status = run.status
+    details = status.termination_details if status is not None else None
+    if details is not None and (_value(details.code) or _value(details.type)):
+        return _value(details.code) in RETRYABLE_CODES or _value(details.type) in _RETRYABLE_TYPES
+    legacy = run.state
+    return legacy is not None and _value(legacy.life_cycle_state) in _RETRYABLE_LIFECYCLES
+
+
 def _task_failed(task: RunTask) -> bool:
     if task.status is not None and task.status.termination_details is not None:
         code = _value(task.status.termination_details.code)
@@ -474,6 +524,13 @@ def job_parameters(job: JobRequest) -> dict[str, str]:
         name = key if key.startswith(TAG_PREFIX) else TAG_PREFIX + key
         parameters[_NOT_PARAMETER_CHARS.sub("_", name)] = str(value)
     return parameters
+
+
+def retry_key(key: str, attempt: int) -> str:
+    """The idempotency key of relaunch ``attempt`` (1, 2, ...) of a request: a new run, itself idempotent."""
+    if attempt < 1:
+        return key
+    return f"{key}#retry-{attempt}"
 
 
 def idempotency_token(key: str | None) -> str | None:

@@ -21,10 +21,19 @@ Blue/green on one serving endpoint is done with served entities and the traffic 
   the endpoint's only entity deletes the endpoint. A rollback is ``stop(candidate)``: the old
   entity keeps its 100%.
 
-Databricks refuses a config change while another is being applied. ``start`` and ``route`` then
-raise ``TransientError`` (a later delivery succeeds); ``stop`` of an entity that takes no traffic
-leaves it in place with a warning instead, so a deploy that has already moved the traffic never
-fails on clean-up, and the next ``start`` of that model removes it.
+Databricks refuses a config change while another is being applied (``state.config_update`` is
+``IN_PROGRESS``; a ``PUT …/config`` then answers 409 ``RESOURCE_CONFLICT``). ``start``, ``route``
+and ``stop`` then raise ``TransientError`` saying "config update in progress" (a 409 too), and
+change nothing: the caller checks again later from a scheduled message. ``stop`` right after
+``route`` always meets the routing update, so the deploy handler must re-send the stop of the old
+entity rather than drop it (a ``start`` of the same model still removes unrouted leftovers).
+
+Sizing: each new served entity gets its endpoint's ``workload_size`` and ``scale_to_zero_enabled``
+(``sizing``, from the catalogue's deployment section through ``sizing_from_catalogue``; Small and
+scale-to-zero by default); entities already serving are sent back as they are.
+
+Endpoint names follow Databricks' rule (letters, digits, ``-`` and ``_``; at most 63 characters
+here, as served entity names): any other name is a ``PermanentError`` before any request.
 
 Errors become ``TransientError`` / ``PermanentError`` as in ``databricks_compute``; no SDK import at
 module level.
@@ -37,6 +46,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.adapters.databricks.compute import (
@@ -49,6 +59,7 @@ from shared.errors import PermanentError, TransientError
 from shared.ports import Deployment, Readiness, ScoringFrame
 
 if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
     from databricks.sdk.service.serving import (
         EndpointCoreConfigOutput,
         EndpointPendingConfig,
@@ -58,11 +69,14 @@ if TYPE_CHECKING:
         TrafficConfig,
     )
 
-__all__ = ["DatabricksServing", "served_entity_name"]
+    from shared.catalogue import Catalogue
+
+__all__ = ["DatabricksServing", "EntitySizing", "check_endpoint_name", "served_entity_name", "sizing_from_catalogue"]
 
 log = logging.getLogger("signalbox.serving.databricks")
 
-_ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+_ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_MAX_ENDPOINT_NAME = 63
 _NOT_ENTITY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _MAX_ENTITY_NAME = 63
 _MAX_MESSAGE = 500
@@ -77,14 +91,49 @@ def served_entity_name(model_name: str, version: str) -> str:
     return base[: max(1, _MAX_ENTITY_NAME - len(suffix))] + suffix
 
 
-def _check_endpoint(endpoint: str) -> str:
-    # The name becomes a URL path segment; Databricks allows exactly these characters.
+@dataclass(frozen=True)
+class EntitySizing:
+    """The compute of the served entities Signalbox adds to one endpoint."""
+
+    workload_size: str = "Small"
+    scale_to_zero_enabled: bool = True
+
+
+def sizing_from_catalogue(catalogue: Catalogue) -> dict[str, EntitySizing]:
+    """Each real-time endpoint's sizing from the catalogue's deployment sections (one endpoint, one sizing)."""
+    sizing: dict[str, EntitySizing] = {}
+    for model in catalogue.models.values():
+        deployment = model.deployment
+        if deployment is None or deployment.mode != "real_time":
+            continue
+        wanted = EntitySizing(deployment.workload_size, deployment.scale_to_zero_enabled)
+        if sizing.setdefault(deployment.endpoint, wanted) != wanted:
+            raise PermanentError(
+                f"serving endpoint {deployment.endpoint}: models of the catalogue give it different "
+                "workload_size / scale_to_zero_enabled; make them agree"
+            )
+    return sizing
+
+
+def check_endpoint_name(endpoint: str) -> str:
+    """The name, when Databricks accepts it as a serving endpoint name; else ``PermanentError`` saying why."""
+    # The name becomes a URL path segment: nothing outside Databricks' characters may pass.
+    if not isinstance(endpoint, str) or not endpoint:
+        raise PermanentError("the serving endpoint name is empty: set deployment.endpoint in the catalogue")
+    if len(endpoint) > _MAX_ENDPOINT_NAME:
+        raise PermanentError(
+            f"serving endpoint name {endpoint[:20]!r}... is {len(endpoint)} characters; Databricks allows at most "
+            f"{_MAX_ENDPOINT_NAME} (deployment.endpoint in the catalogue)"
+        )
     if not _ENDPOINT_NAME.match(endpoint):
         raise PermanentError(
-            f"invalid serving endpoint name {endpoint!r} (deployment.endpoint in the catalogue): "
-            "letters, digits, '-' and '_' only, at most 63"
+            f"invalid serving endpoint name {endpoint!r} (deployment.endpoint in the catalogue): Databricks allows "
+            "letters, digits, '-' and '_' only, starting with a letter or digit"
         )
     return endpoint
+
+
+_check_endpoint = check_endpoint_name
 
 
 def _value(enum_or_none: Any) -> str | None:
@@ -135,8 +184,10 @@ class DatabricksServing(LazyWorkspace):
         workload_size: str = "Small",
         scale_to_zero_enabled: bool = True,
         workload_type: str | None = None,
+        sizing: Mapping[str, EntitySizing] | None = None,
         retry_timeout_seconds: int = DEFAULT_RETRY_TIMEOUT_SECONDS,
         http_timeout_seconds: float = DEFAULT_HTTP_TIMEOUT_SECONDS,
+        azure_credential: TokenCredential | None = None,
     ) -> None:
         LazyWorkspace.__init__(
             self,
@@ -145,7 +196,9 @@ class DatabricksServing(LazyWorkspace):
             client=client,
             retry_timeout_seconds=retry_timeout_seconds,
             http_timeout_seconds=http_timeout_seconds,
+            azure_credential=azure_credential,
         )
+        self.sizing = dict(sizing or {})
         prefix = registry_prefix.strip()
         self.registry_prefix = prefix if not prefix or prefix.endswith(".") else prefix + "."
         self.workload_size = workload_size
@@ -206,7 +259,7 @@ class DatabricksServing(LazyWorkspace):
         _check_endpoint(endpoint)
         entity = served_entity_name(model_name, version)
         deployment = Deployment(endpoint, model_name, str(version), entity, self.entity_url(endpoint, entity))
-        new = self._new_entity(entity, model_name, str(version))
+        new = self._new_entity(endpoint, entity, model_name, str(version))
         detail = self._get(endpoint)
         if detail is None:
             config = EndpointCoreConfigInput(
@@ -224,7 +277,8 @@ class DatabricksServing(LazyWorkspace):
             return deployment  # a redelivered command: it is there or on its way
         if updating:
             raise TransientError(
-                f"serving endpoint {endpoint} is applying another config update; {entity} is added on a later delivery"
+                f"serving endpoint {endpoint}: config update in progress (another config update); "
+                f"{entity} is added on a later delivery"
             )
         traffic = _traffic(detail.config)
         registered = self.registered_name(model_name)
@@ -315,7 +369,9 @@ class DatabricksServing(LazyWorkspace):
         if self._updating(detail):
             if _traffic(detail.pending_config).get(entity) == 100:
                 return  # this very change is being applied (a redelivery)
-            raise TransientError(f"serving endpoint {endpoint} is applying a config update; routing to {entity} waits")
+            raise TransientError(
+                f"serving endpoint {endpoint}: config update in progress; routing to {entity} waits for it to end"
+            )
         if entity not in {e.name for e in active}:
             raise PermanentError(f"cannot route {endpoint} to {entity}: it is not a served entity of the endpoint")
         if _traffic(detail.config).get(entity) == 100:
@@ -334,19 +390,13 @@ class DatabricksServing(LazyWorkspace):
             target = detail.pending_config
             if entity not in {e.name for e in _entities(target)}:
                 return  # the update in progress removes it (or never had it)
-            if _traffic(target).get(entity, 0) > 0:
-                raise TransientError(
-                    f"serving endpoint {endpoint} is applying a config update that routes traffic to {entity}; "
-                    "it is stopped on a later delivery"
-                )
-            log.warning(
-                "serving endpoint %s is applying a config update: %s takes no traffic and stays until the next "
-                "deploy of %s removes it",
-                endpoint,
-                entity,
-                deployment.model_name,
+            routed = _traffic(target).get(entity, 0) > 0
+            # Databricks refuses a second update now; returning would leave the entity serving for good.
+            raise TransientError(
+                f"serving endpoint {endpoint}: config update in progress"
+                f"{' and it routes traffic to ' + entity if routed else ''}; "
+                f"{entity} is removed once the update ends (check again later)"
             )
-            return
         active = _entities(detail.config)
         if entity not in {e.name for e in active}:
             return  # never applied (a failed update) or already removed
@@ -388,7 +438,7 @@ class DatabricksServing(LazyWorkspace):
     def _updating(detail: ServingEndpointDetailed) -> bool:
         return detail.state is not None and _value(detail.state.config_update) == "IN_PROGRESS"
 
-    def _new_entity(self, entity: str, model_name: str, version: str) -> ServedEntityInput:
+    def _new_entity(self, endpoint: str, entity: str, model_name: str, version: str) -> ServedEntityInput:
         from databricks.sdk.service.serving import ServedEntityInput, ServingModelWorkloadType
 
         workload_type = None
@@ -400,12 +450,13 @@ class DatabricksServing(LazyWorkspace):
                     f"unknown Databricks serving workload type {self.workload_type!r} "
                     f"(one of {', '.join(t.value for t in ServingModelWorkloadType)})"
                 ) from None
+        sizing = self.sizing.get(endpoint) or EntitySizing(self.workload_size, self.scale_to_zero_enabled)
         return ServedEntityInput(
             name=entity,
             entity_name=self.registered_name(model_name),
             entity_version=version,
-            workload_size=self.workload_size,
-            scale_to_zero_enabled=self.scale_to_zero_enabled,
+            workload_size=sizing.workload_size,
+            scale_to_zero_enabled=sizing.scale_to_zero_enabled,
             workload_type=workload_type,
         )
 
@@ -433,7 +484,16 @@ class DatabricksServing(LazyWorkspace):
     def _update(
         self, endpoint: str, entities: Iterable[ServedEntityInput], traffic: Mapping[str, int], *, doing: str
     ) -> None:
+        from databricks.sdk.errors import ResourceConflict
+
         with self._errors(f"update serving endpoint {endpoint} ({doing})", endpoint):
-            self._client.serving_endpoints.update_config(
-                endpoint, served_entities=list(entities), traffic_config=self._routes(traffic)
-            )
+            try:
+                self._client.serving_endpoints.update_config(
+                    endpoint, served_entities=list(entities), traffic_config=self._routes(traffic)
+                )
+            except ResourceConflict as exc:
+                # 409: another update began since the endpoint was read; nothing changed.
+                raise TransientError(
+                    f"serving endpoint {endpoint}: config update in progress (409 {exc.error_code or 'conflict'}); "
+                    f"{doing} waits for it to end"
+                ) from exc
