@@ -42,7 +42,7 @@ import pytest
 
 from shared.adapters.azureml.compute import AzureMLCompute, workspace_tracking_uri
 from shared.adapters.azureml.serving import AzureMLServing
-from shared.errors import PermanentError, TransientError
+from shared.errors import DeploymentFailed, PermanentError, TransientError
 from shared.ports import Deployment, JobRequest, ScoringFrame
 from tests.tls import self_signed_certificate
 
@@ -142,6 +142,7 @@ class FakeAzureML:
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.logs: dict[tuple[str, str], str] = {}
         self.scores: dict[tuple[str, str], tuple[int, Any]] = {}
+        self.score_headers: dict[tuple[str, str], dict[str, str]] = {}
         self.operations: dict[str, Callable[[], Answer]] = {}
         self.hold_endpoint_updates = False
         self.hold_cancellations = False
@@ -173,9 +174,11 @@ class FakeAzureML:
                     self.connection.close()
                     return
                 status, payload, headers = answer
-                data = b"" if payload is None else json.dumps(payload).encode("utf-8")
+                # A str payload is sent as it is, as text/plain: what gateways answer in front of a model.
+                text = isinstance(payload, str)
+                data = b"" if payload is None else (payload if text else json.dumps(payload)).encode("utf-8")
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain; charset=utf-8" if text else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 for name, value in headers.items():
                     self.send_header(name, value)
@@ -519,7 +522,8 @@ class FakeAzureML:
         if deployment is None or deployment["properties"]["provisioningState"] != "Succeeded":
             return _error(404, "NotFound", f"No ready deployment {slot!r} on {endpoint}")
         status, answer = self.scores.get((endpoint, slot), (200, {"predictions": [0], "served_by": slot}))
-        return status, answer, FAST if status >= 400 else {}  # FAST: the SDK retries a 5xx
+        headers = {**self.score_headers.get((endpoint, slot), {}), **(FAST if status >= 400 else {})}
+        return status, answer, headers  # FAST: the SDK retries a 5xx
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -925,7 +929,7 @@ def test_first_deploy_creates_the_endpoint_then_deploys_blue(fake: FakeAzureML) 
     [score] = fake.requests("POST", r"^/score/")
     assert score.headers["azureml-model-deployment"] == "blue"
     assert score.headers["authorization"] == f"Bearer {ENDPOINT_KEY}"  # from listKeys
-    assert score.body == {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
+    assert score.body == {"input_data": {"columns": ["a", "b", "c", "d"], "data": [[5.1, 3.5, 1.4, 0.2]]}}
     from azure.ai.ml.constants._endpoint import EndpointInvokeFields
 
     assert "Authorization" not in EndpointInvokeFields.DEFAULT_HEADER  # the SDK's shared dict is wiped
@@ -1012,16 +1016,22 @@ def test_a_failed_deployment_is_rolled_back_and_the_old_slot_keeps_the_traffic(f
     assert adapter.current(ENDPOINT) == Deployment(ENDPOINT, MODEL, "1", "blue", f"{fake.base}/score/{ENDPOINT}")
 
 
-def test_a_failing_smoke_request_is_permanent_so_the_deploy_rolls_back(fake: FakeAzureML) -> None:
+def test_a_model_error_fails_the_deployment_so_the_deploy_rolls_back(fake: FakeAzureML) -> None:
     fake.add_endpoint(ENDPOINT, {"blue": 100})
     fake.add_deployment(ENDPOINT, "blue", MODEL, "1")
     fake.add_deployment(ENDPOINT, "green", MODEL, "2")
-    fake.scores[(ENDPOINT, "green")] = (500, {"error": {"code": "ModelError", "message": "predict() failed"}})
+    # A managed online endpoint answers 424 when the model container answers an error, with its status in headers.
+    fake.scores[(ENDPOINT, "green")] = (424, {"error": {"code": "ModelError", "message": "predict() failed"}})
+    fake.score_headers[(ENDPOINT, "green")] = {
+        "ms-azureml-model-error-statuscode": "500",
+        "ms-azureml-model-error-reason": "model_error",
+    }
     adapter = serving()
     candidate = Deployment(ENDPOINT, MODEL, "2", "green", f"{fake.base}/score/{ENDPOINT}")
 
-    with pytest.raises(PermanentError, match="predict") as raised:
+    with pytest.raises(DeploymentFailed, match="predict") as raised:
         adapter.invoke(candidate, ScoringFrame((), ()))
+    assert "the model answered 500 (model_error)" in str(raised.value)
     assert_no_secret(raised.value)
     adapter.stop(candidate)
 
@@ -1032,6 +1042,140 @@ def test_a_failing_smoke_request_is_permanent_so_the_deploy_rolls_back(fake: Fak
     fake.scores[(ENDPOINT, "green")] = (503, {"error": {"code": "Busy", "message": "upstream overloaded"}})
     with pytest.raises(TransientError):
         adapter.invoke(candidate, ScoringFrame((), ()))
+
+
+def _green_candidate(fake: FakeAzureML) -> Deployment:
+    fake.add_endpoint(ENDPOINT, {"blue": 100})
+    fake.add_deployment(ENDPOINT, "blue", MODEL, "1")
+    fake.add_deployment(ENDPOINT, "green", MODEL, "2")
+    return Deployment(ENDPOINT, MODEL, "2", "green", f"{fake.base}/score/{ENDPOINT}")
+
+
+@pytest.mark.parametrize(
+    ("status", "text"),
+    [
+        (504, "upstream request timeout"),
+        (503, "no healthy upstream"),
+        (502, "<html><body><h1>502 Bad Gateway</h1></body></html>"),
+    ],
+)
+def test_plain_text_gateway_errors_are_transient(fake: FakeAzureML, status: int, text: str) -> None:
+    from azure.ai.ml.exceptions import MlException
+
+    candidate = _green_candidate(fake)
+    fake.scores[(ENDPOINT, "green")] = (status, text)
+    client = serving()._ml()
+    request = REPO / "tests" / "contract" / "_smoke.json"
+    request.write_text('{"input_data": {"columns": [], "data": []}}')
+    try:
+        # What the SDK itself does with a non-JSON error body: a bare MlException, no status.
+        with pytest.raises(MlException) as bare:
+            client.online_endpoints.invoke(endpoint_name=ENDPOINT, deployment_name="green", request_file=str(request))
+    finally:
+        request.unlink()
+    assert getattr(bare.value, "status_code", None) is None
+
+    with pytest.raises(TransientError, match=str(status)) as raised:
+        serving().invoke(candidate, ScoringFrame(("a",), ((1.0,),)))
+
+    assert not isinstance(raised.value, PermanentError)
+    assert_no_secret(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (500, TransientError),  # documented: Azure ML's infrastructure is failing
+        (429, TransientError),
+        (401, PermanentError),  # the key, not the model
+        (408, DeploymentFailed),  # the model overran request_timeout_ms
+        (400, DeploymentFailed),  # the model refused the request
+    ],
+)
+def test_scoring_answers_map_to_retry_configuration_or_rollback(
+    fake: FakeAzureML, status: int, error: type[Exception]
+) -> None:
+    candidate = _green_candidate(fake)
+    fake.scores[(ENDPOINT, "green")] = (status, {"error": {"code": "E", "message": f"answered {status}"}})
+
+    with pytest.raises(error) as raised:
+        serving().invoke(candidate, ScoringFrame(("a",), ((1.0,),)))
+
+    assert type(raised.value) is error  # a PermanentError is not a DeploymentFailed: no rollback
+    assert str(status) in str(raised.value)
+    assert_no_secret(raised.value)
+
+
+@pytest.mark.parametrize("name", ["ab", "1iris", "iris-", "iris_live", "iris.live", "i" * 33, ""])
+def test_an_illegal_endpoint_name_is_permanent_and_names_the_rule(fake: FakeAzureML, name: str) -> None:
+    adapter = serving()
+
+    for call in (lambda: adapter.start(name, MODEL, "1"), lambda: adapter.current(name)):
+        with pytest.raises(PermanentError, match="3-32 characters long, start with a letter") as raised:
+            call()
+        assert not isinstance(raised.value, DeploymentFailed)
+        assert repr(name) in str(raised.value)
+    assert fake.requests(pattern="onlineEndpoints") == []
+
+
+def test_legal_endpoint_and_slot_names_pass() -> None:
+    from shared.adapters.azureml.serving import SLOTS, check_endpoint_name
+
+    for name in ("abc", "iris-live", "I" + "x" * 31, *SLOTS):
+        check_endpoint_name(name)
+
+
+def test_an_endpoint_name_taken_in_the_region_is_permanent(fake: FakeAzureML) -> None:
+    message = f"Endpoint name {ENDPOINT} is already used by another workspace; names are unique per region"
+    fake.fail("PUT", rf"/onlineEndpoints/{ENDPOINT}$", 409, "Conflict", message)
+
+    with pytest.raises(PermanentError, match="unique in their Azure region") as raised:
+        serving().start(ENDPOINT, MODEL, "1")
+
+    assert not isinstance(raised.value, (DeploymentFailed, TransientError))
+    assert deployment_puts(fake) == []
+
+
+def test_a_racing_creation_of_the_same_endpoint_is_not_a_taken_name(fake: FakeAzureML) -> None:
+    fake.add_endpoint(ENDPOINT, {})
+    fake.fail("GET", rf"/onlineEndpoints/{ENDPOINT}$", 404, "ResourceNotFound", "not yet", times=1)
+    fake.fail("PUT", rf"/onlineEndpoints/{ENDPOINT}$", 409, "Conflict", "an operation is in progress", times=1)
+
+    candidate = serving().start(ENDPOINT, MODEL, "1")
+
+    assert candidate.slot == "blue"
+    assert len(deployment_puts(fake)) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "message"),
+    [
+        (400, "QuotaExceeded", "Not enough quota available for Standard_DS3_v2 in westeurope"),
+        (403, "AuthorizationFailed", "cannot write onlineEndpoints/deployments"),
+        (401, "InvalidAuthenticationToken", "The access token expired"),
+    ],
+)
+def test_configuration_errors_from_start_are_permanent_not_deployment_failures(
+    fake: FakeAzureML, status: int, code: str, message: str
+) -> None:
+    fake.add_endpoint(ENDPOINT, {"blue": 100})
+    fake.add_deployment(ENDPOINT, "blue", MODEL, "1")
+    fake.fail("PUT", r"/deployments/", status, code, message)
+
+    with pytest.raises(PermanentError) as raised:
+        serving().start(ENDPOINT, MODEL, "2")
+
+    assert not isinstance(raised.value, DeploymentFailed)
+    assert_no_secret(raised.value)
+
+
+def test_a_model_version_the_workspace_cannot_deploy_fails_the_deployment(fake: FakeAzureML) -> None:
+    fake.add_endpoint(ENDPOINT, {"blue": 100})
+    fake.add_deployment(ENDPOINT, "blue", MODEL, "1")
+    fake.fail("PUT", r"/deployments/", 404, "ResourceNotFound", f"Model {WS_PATH}/models/{MODEL}/versions/9 not found")
+
+    with pytest.raises(DeploymentFailed, match="cannot be deployed"):
+        serving().start(ENDPOINT, MODEL, "9")
 
 
 def test_a_redelivered_start_reuses_the_deployment_under_way(fake: FakeAzureML) -> None:
@@ -1151,7 +1295,7 @@ def test_the_deploy_handler_goes_blue_to_green(fake: FakeAzureML, monkeypatch: p
 
     [smoke] = fake.requests("POST", r"^/score/")
     assert smoke.headers["azureml-model-deployment"] == "green"
-    assert smoke.body["dataframe_split"]["data"]
+    assert smoke.body["input_data"]["columns"] and smoke.body["input_data"]["data"]
     assert fake.traffic(HANDLER_ENDPOINT) == {"green": 100}
     assert list(fake.deployments) == [(HANDLER_ENDPOINT, "green")]
     assert svc.registry.stage(HANDLER_MODEL, v2) == "production"
@@ -1176,3 +1320,26 @@ def test_the_deploy_handler_rolls_back_a_failed_deployment(fake: FakeAzureML, mo
     assert fake.requests("POST", r"^/score/") == []
     record = json.loads(svc.registry.get_version(HANDLER_MODEL, v2).tags["signalbox.deployment"])
     assert "ImageBuildFailure" in record["reason"]
+
+
+def test_the_deploy_handler_retries_a_gateway_timeout_and_rolls_back_a_model_error(
+    fake: FakeAzureML, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared import handlers
+
+    monkeypatch.chdir(REPO)
+    svc, v2 = _deploy_services(fake)
+    assert handlers.deploy(_deploy_command(svc, v2), svc) == "starting"
+    [(check, _)] = svc.bus.sent
+    fake.set_deployment_state(HANDLER_ENDPOINT, "green", "Succeeded")
+
+    fake.scores[(HANDLER_ENDPOINT, "green")] = (504, "upstream request timeout")
+    with pytest.raises(TransientError):
+        handlers.deploy(check, svc)  # retried later; nothing rolled back
+    assert (HANDLER_ENDPOINT, "green") in fake.deployments
+    assert svc.registry.stage(HANDLER_MODEL, v2) == "staged"
+
+    fake.scores[(HANDLER_ENDPOINT, "green")] = (424, {"error": {"code": "ModelError", "message": "bad input"}})
+    assert handlers.deploy(check, svc) == "rolled-back"
+    assert list(fake.deployments) == [(HANDLER_ENDPOINT, "blue")]
+    assert fake.traffic(HANDLER_ENDPOINT) == {"blue": 100}

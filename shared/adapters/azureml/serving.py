@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from shared.adapters.azureml.compute import Workspace, azure_errors, describe, redact
-from shared.errors import PermanentError, TransientError
+from shared.errors import DeploymentFailed, PermanentError, TransientError
 from shared.ports import Deployment, Readiness, ScoringFrame
 
 if TYPE_CHECKING:
@@ -33,7 +33,18 @@ __all__ = ["AzureMLServing"]
 
 log = logging.getLogger(__name__)
 
+# Deployment names follow the endpoint rule below; these two do.
 SLOTS = ("blue", "green")
+ENDPOINT_NAME_RULE = (
+    "Azure ML endpoint names are 3-32 characters long, start with a letter, contain only letters, digits "
+    "and hyphens, do not end with a hyphen, and are unique in their Azure region"
+)
+# Scoring answers a new deployment may give before it serves or while the front end is busy
+# (documented for managed online endpoints: 404 no routable deployment yet, 429 too many requests,
+# 500 Azure ML's infrastructure failing; 502/503/504 from the gateway, often as plain text).
+_SCORING_RETRY = frozenset({404, 429, 500, 502, 503, 504})
+# Answers that say the endpoint's credentials or the caller's rights are wrong, not the model.
+_SCORING_CONFIG = frozenset({401, 403})
 _PENDING = frozenset({"Creating", "Updating", "Scaling"})
 _FAILED = frozenset({"Failed", "Canceled", "Deleting"})
 _MODEL_ID = re.compile(r"models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/?$")
@@ -52,6 +63,20 @@ def model_of(reference: object) -> tuple[str, str] | None:
 def _state(resource: object) -> str:
     value = getattr(resource, "provisioning_state", None)
     return str(getattr(value, "value", value) or "")
+
+
+def check_endpoint_name(endpoint: str) -> None:
+    """Raise ``PermanentError`` naming the rule unless ``endpoint`` is a legal Azure ML endpoint name."""
+    from azure.ai.ml.entities._endpoint._endpoint_helpers import validate_endpoint_or_deployment_name
+    from azure.ai.ml.exceptions import ValidationException
+
+    try:
+        validate_endpoint_or_deployment_name(endpoint)
+    except ValidationException:
+        raise PermanentError(
+            f"Azure ML endpoint name {endpoint!r} is not valid: {ENDPOINT_NAME_RULE}; "
+            "change deployment.endpoint in the catalogue"
+        ) from None
 
 
 class AzureMLServing(Workspace):
@@ -83,6 +108,7 @@ class AzureMLServing(Workspace):
 
     def current(self, endpoint: str) -> Deployment | None:
         """The deployment taking the most traffic, or None (no endpoint, or no traffic)."""
+        check_endpoint_name(endpoint)
         ml = self._ml()
         with self._errors(f"Azure ML endpoint {endpoint}"):
             found = self._endpoint(ml, endpoint)
@@ -100,9 +126,15 @@ class AzureMLServing(Workspace):
         return Deployment(endpoint, name, version, live, str(found.scoring_uri or ""))
 
     def start(self, endpoint: str, model_name: str, version: str) -> Deployment:
-        """Create the endpoint if missing and the version's deployment in the idle slot, without waiting for it."""
-        from azure.ai.ml.entities import ManagedOnlineDeployment
+        """Create the endpoint if missing and the version's deployment in the idle slot, without waiting for it.
 
+        Configuration problems (credentials, rights, quota, an endpoint name taken in the region) raise
+        ``PermanentError``; a model version the workspace does not have raises ``DeploymentFailed``.
+        """
+        from azure.ai.ml.entities import ManagedOnlineDeployment
+        from azure.core.exceptions import HttpResponseError
+
+        check_endpoint_name(endpoint)
         ml = self._ml()
         reference = f"azureml:{model_name}:{version}"
         with self._errors(f"Azure ML endpoint {endpoint}, deploying {reference}"):
@@ -127,15 +159,24 @@ class AzureMLServing(Workspace):
             ):
                 log.info("endpoint %s: %s already in slot %s (%s)", endpoint, reference, slot, _state(existing))
                 return Deployment(endpoint, model_name, str(version), slot, url)
-            ml.online_deployments.begin_create_or_update(
-                ManagedOnlineDeployment(
-                    name=slot,
-                    endpoint_name=endpoint,
-                    model=reference,
-                    instance_type=self.instance_type,
-                    instance_count=self.instance_count,
+            try:
+                ml.online_deployments.begin_create_or_update(
+                    ManagedOnlineDeployment(
+                        name=slot,
+                        endpoint_name=endpoint,
+                        model=reference,
+                        instance_type=self.instance_type,
+                        instance_count=self.instance_count,
+                    )
                 )
-            )
+            except HttpResponseError as exc:
+                # The version itself cannot be deployed: roll it back. Anything else (401/403, quota,
+                # throttling) is translated as configuration or a transient failure.
+                if exc.status_code in (400, 404) and _names_model(exc, model_name, str(version)):
+                    raise DeploymentFailed(
+                        f"Azure ML endpoint {endpoint}: {reference} cannot be deployed ({describe(exc)})"
+                    ) from None
+                raise
         log.info("endpoint %s: deploying %s to slot %s", endpoint, reference, slot)
         return Deployment(endpoint, model_name, str(version), slot, url)
 
@@ -160,7 +201,12 @@ class AzureMLServing(Workspace):
         return Readiness("failed", f"{where} is {state}{self._log_tail(ml, deployment)}")
 
     def invoke(self, deployment: Deployment, frame: ScoringFrame) -> object:
-        """Score one request on the slot directly (no traffic needed); returns the parsed JSON answer."""
+        """Score one request on the slot directly (no traffic needed); returns the parsed JSON answer.
+
+        The model refusing the request raises ``DeploymentFailed``; a busy or not yet routed scoring
+        front end (429, 5xx, plain-text gateway errors) ``TransientError``; a bad key ``PermanentError``.
+        """
+        from azure.ai.ml.exceptions import MlException
         from azure.core.exceptions import HttpResponseError
 
         ml = self._ml()
@@ -178,12 +224,13 @@ class AzureMLServing(Workspace):
                     answer = ml.online_endpoints.invoke(
                         endpoint_name=deployment.endpoint, deployment_name=deployment.slot, request_file=path
                     )
-                except HttpResponseError as exc:
-                    # A model that answers with an error fails the smoke test (rollback); only an
-                    # overloaded or not-yet-routed scoring front end is worth another try.
-                    if _from_scoring(exc) and exc.status_code not in (429, 502, 503, 504):
-                        raise PermanentError(f"{where}: answered {exc.status_code} ({describe(exc)})") from None
-                    raise
+                except (HttpResponseError, MlException, TypeError) as exc:
+                    # TypeError: azure-ai-ml 1.35 maps a scoring 408 to ServiceRequestTimeoutError, whose
+                    # constructor it calls wrongly; the response is still found (see _scoring_response).
+                    failure = _scoring_failure(exc, where)
+                    if failure is None:
+                        raise
+                    raise failure from None
         finally:
             os.unlink(path)
         try:
@@ -193,6 +240,7 @@ class AzureMLServing(Workspace):
 
     def route(self, endpoint: str, deployment: Deployment) -> None:
         """Send all of the endpoint's traffic to the deployment's slot, waiting at most ``route_timeout`` seconds."""
+        check_endpoint_name(endpoint)
         ml = self._ml()
         with self._errors(f"Azure ML endpoint {endpoint}, routing to {deployment.slot}"):
             found = self._endpoint(ml, endpoint)
@@ -233,6 +281,7 @@ class AzureMLServing(Workspace):
 
     def endpoint_url(self, endpoint: str) -> str:
         """The endpoint's scoring URI."""
+        check_endpoint_name(endpoint)
         ml = self._ml()
         with self._errors(f"Azure ML endpoint {endpoint}"):
             found = self._endpoint(ml, endpoint)
@@ -260,9 +309,23 @@ class AzureMLServing(Workspace):
 
     def _create_endpoint(self, ml: MLClient, endpoint: str) -> Any:
         from azure.ai.ml.entities import ManagedOnlineEndpoint
+        from azure.core.exceptions import HttpResponseError
 
         # Deployments need a provisioned endpoint, which takes a minute or two: worth waiting for once.
-        poller = ml.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name=endpoint, auth_mode="key"))
+        try:
+            poller = ml.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name=endpoint, auth_mode="key"))
+        except HttpResponseError as exc:
+            if exc.status_code not in (400, 409):
+                raise
+            # Not in this workspace a moment ago: unless a racing delivery has just created it here,
+            # another workspace of the region holds the name, which no retry will free.
+            found = self._endpoint(ml, endpoint)
+            if found is not None:
+                return found
+            raise PermanentError(
+                f"Azure ML endpoint name {endpoint!r} cannot be created in workspace {self.workspace} "
+                f"({describe(exc)}); {ENDPOINT_NAME_RULE}: choose another deployment.endpoint"
+            ) from None
         poller.wait(timeout=self.endpoint_timeout)
         if not poller.done():
             raise TransientError(
@@ -310,3 +373,54 @@ def _from_scoring(exc: Any) -> bool:
     request = getattr(getattr(exc, "response", None), "request", None)
     url = str(getattr(request, "url", "") or "")
     return bool(url) and "/providers/Microsoft.MachineLearningServices/" not in url
+
+
+def _scoring_response(exc: BaseException) -> Any:
+    """The scoring response behind an SDK error from ``online_endpoints.invoke``, if there is one.
+
+    For a non-JSON error body (a gateway's plain text) azure-ai-ml raises a bare ``MlException``
+    carrying only the text (and for a 408 a ``TypeError``): the response, status included, is still
+    the ``response`` argument of the SDK's ``validate_response`` frame in the traceback.
+    """
+    from azure.core.exceptions import HttpResponseError
+
+    if isinstance(exc, HttpResponseError):
+        return exc.response if _from_scoring(exc) else None
+    frame_tb = exc.__traceback__
+    found = None
+    while frame_tb is not None:
+        frame = frame_tb.tb_frame
+        if frame.f_code.co_name == "validate_response" and "response" in frame.f_locals:
+            found = frame.f_locals["response"]
+        frame_tb = frame_tb.tb_next
+    return found
+
+
+def _scoring_failure(exc: BaseException, where: str) -> Exception | None:
+    """The Signalbox error for a failed smoke request; ``None`` when it did not come from the scoring URI."""
+    response = _scoring_response(exc)
+    if response is None:
+        return None
+    status = getattr(response, "status_code", None)
+    headers = getattr(response, "headers", None) or {}
+    detail = describe(exc)
+    if status in _SCORING_RETRY:
+        return TransientError(f"{where}: the scoring front end answered {status} ({detail}); retry later")
+    if status in _SCORING_CONFIG:
+        return PermanentError(
+            f"{where}: answered {status} ({detail}); the endpoint's key or the identity's rights are wrong"
+        )
+    # 408 (the model overran request_timeout_ms), 424 (the model container answered an error) and
+    # any other 4xx: this version does not serve the request.
+    model_status = headers.get("ms-azureml-model-error-statuscode")
+    reason = headers.get("ms-azureml-model-error-reason")
+    said = f"; the model answered {model_status}" if model_status else ""
+    said += f" ({redact(reason)})" if reason else ""
+    return DeploymentFailed(f"{where}: answered {status} ({detail}){said}")
+
+
+def _names_model(exc: Any, model_name: str, version: str) -> bool:
+    """Whether an error answered to a deployment PUT names its model version (missing, unreadable...)."""
+    text = describe(exc).lower()
+    name = model_name.lower()
+    return f"models/{name}/versions/{version}" in text or f"{name}:{version}" in text
