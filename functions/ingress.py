@@ -23,6 +23,7 @@ log = logging.getLogger("signalbox.ingress")
 
 def _event(raw: func.EventGridEvent | func.CloudEvent) -> KnownEvent | None:
     from shared import events
+    from shared.domain import LifecycleEvent
 
     # The worker binds a CloudEvent (``type``) on a CloudEvents subscription and an EventGridEvent
     # (``event_type``) otherwise, whatever the annotation says; any attribute may be None or not text.
@@ -35,7 +36,7 @@ def _event(raw: func.EventGridEvent | func.CloudEvent) -> KnownEvent | None:
         log.warning("refused event %s of type %s: %s", raw.id, event_type, exc)
         subject = raw.subject if isinstance(raw.subject, str) else ""
         runtime.services().events.publish(
-            "EventRefused",
+            LifecycleEvent.EVENT_REFUSED,
             subject[:300],
             {"event_id": raw.id, "event_type": event_type, "reason": str(exc)},
         )

@@ -1,10 +1,12 @@
-"""Inbound Event Grid deliveries: parsing, validation and typed views of the events Signalbox acts on.
+"""Inbound Event Grid events: typed views of the events Signalbox acts on.
 
-An HTTP delivery is parsed by :func:`parse_delivery` into :class:`InboundEvent` objects, whichever schema
-the subscription uses (Event Grid schema or CloudEvents 1.0, structured mode). :func:`interpret` turns one
-of them into a typed event (:class:`BlobCreated`, :class:`ModelRegistered`, :class:`RunCompleted`,
-:class:`RunStatusChanged`, :class:`DatasetDriftDetected`, :class:`DriftAlert`), or ``None`` for a type
-Signalbox does not act on. Anything malformed raises :class:`InvalidEvent`, whose message names the field.
+The Python worker binds one event per invocation: ``azure.functions.EventGridEvent`` on an Event Grid
+schema subscription, ``azure.functions.CloudEvent`` on a CloudEvents 1.0 one.
+:meth:`InboundEvent.from_function_event` reads either; :func:`interpret` turns the result into a typed
+event (:class:`BlobCreated`, :class:`ModelRegistered`, :class:`RunCompleted`, :class:`RunStatusChanged`,
+:class:`DatasetDriftDetected`, :class:`DriftAlert`), or ``None`` for a type Signalbox does not act on.
+Anything malformed raises :class:`InvalidEvent`, whose message names the field. (Whole HTTP deliveries and
+the subscription handshake are the host's business: see ``signalbox/localhost/eventgrid.py`` locally.)
 
 This module imports only the standard library: the function app imports it at cold start.
 
@@ -36,8 +38,8 @@ reported. The same event in Event Grid schema (``eventType`` = the same type) is
 from __future__ import annotations
 
 import base64
+import binascii
 import ipaddress
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -56,7 +58,6 @@ __all__ = [
     "MODEL_REGISTERED_TYPE",
     "RUN_COMPLETED_TYPE",
     "RUN_STATUS_CHANGED_TYPE",
-    "SUBSCRIPTION_VALIDATION_TYPE",
     "BlobCreated",
     "DatasetDriftDetected",
     "DriftAlert",
@@ -68,8 +69,7 @@ __all__ = [
     "RunStatusChanged",
     "Schema",
     "interpret",
-    "parse_delivery",
-    "validation_code",
+    "parse_time",
 ]
 
 DRIFT_ALERT_TYPE = "io.signalbox.drift.detected"
@@ -78,14 +78,10 @@ MODEL_REGISTERED_TYPE = "Microsoft.MachineLearningServices.ModelRegistered"
 RUN_COMPLETED_TYPE = "Microsoft.MachineLearningServices.RunCompleted"
 RUN_STATUS_CHANGED_TYPE = "Microsoft.MachineLearningServices.RunStatusChanged"
 DATASET_DRIFT_DETECTED_TYPE = "Microsoft.MachineLearningServices.DatasetDriftDetected"
-SUBSCRIPTION_VALIDATION_TYPE = "Microsoft.EventGrid.SubscriptionValidationEvent"
 
 CLOUDEVENTS_SPECVERSION = "1.0"
 
 Schema: TypeAlias = Literal["eventgrid", "cloudevents"]
-
-_CLOUDEVENTS_SINGLE = "application/cloudevents+json"
-_CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
 
 # Azure sends 7 fractional digits (100 ns ticks); datetime holds 6.
 _EXTRA_FRACTION = re.compile(r"(\.\d{6})\d+")
@@ -119,58 +115,67 @@ class InboundEvent:
     data_version: str | None
     schema: Schema
 
-    def to_function_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``azure.functions.EventGridEvent``, as the worker would bind this event.
-
-        A CloudEvent has no ``dataVersion``: its specversion ("1.0") is passed instead, which is how
-        :meth:`from_function_event` tells the schemas apart.
-        """
-        data_version = CLOUDEVENTS_SPECVERSION if self.schema == "cloudevents" else self.data_version
-        return {
-            "id": self.id,
-            "data": self.data,
-            "topic": self.source,
-            "subject": self.subject,
-            "event_type": self.type,
-            "event_time": self.time,
-            "data_version": data_version,
-        }
-
     @classmethod
     def from_function_event(cls, event: Any) -> InboundEvent:
-        """Build from an ``azure.functions.EventGridEvent`` or ``azure.functions.CloudEvent`` (duck-typed).
+        """Build from the ``azure.functions.CloudEvent`` or ``azure.functions.EventGridEvent`` the worker bound.
 
-        An EventGridEvent whose ``data_version`` is "1.0" is taken for a CloudEvent (see
-        :meth:`to_function_kwargs`); an Event Grid schema event that itself carries ``dataVersion`` "1.0"
-        therefore comes back with ``schema="cloudevents"`` and ``data_version=None``.
+        The worker's converter binds a ``CloudEvent`` when the event carries ``specversion`` (a CloudEvents
+        subscription) and an ``EventGridEvent`` otherwise; it checks nothing, so every attribute may be
+        missing (None) or of any JSON type here, and is checked.
         """
         if hasattr(event, "specversion"):
-            # The worker binds a CloudEvents delivery as azure.functions.CloudEvent.
-            specversion = getattr(event, "specversion", None)
+            specversion = event.specversion
             if specversion != CLOUDEVENTS_SPECVERSION:
                 raise InvalidEvent("event.specversion", f"unsupported CloudEvents version {specversion!r} (only 1.0)")
+            data = event.get_json()
+            extensions = getattr(event, "extension_attrs", None) or {}
+            if data is None and "data_base64" in extensions:
+                data = _base64_data(extensions["data_base64"])
             return cls(
                 id=_required_attr(event, "id"),
                 type=_required_attr(event, "type"),
                 source=_required_attr(event, "source"),
-                subject=getattr(event, "subject", None) or "",
+                subject=_optional_attr(event, "subject") or "",
                 time=_worker_time(getattr(event, "time", None), "event.time"),
-                data=event.get_json(),
+                data=data,
                 data_version=None,
                 schema="cloudevents",
             )
-        data_version = getattr(event, "data_version", None)
-        cloudevent = data_version == CLOUDEVENTS_SPECVERSION
         return cls(
             id=_required_attr(event, "id"),
             type=_required_attr(event, "event_type"),
-            source=getattr(event, "topic", None) or "",
-            subject=getattr(event, "subject", None) or "",
+            source=_optional_attr(event, "topic") or "",
+            subject=_optional_attr(event, "subject") or "",
             time=_worker_time(getattr(event, "event_time", None), "event.event_time"),
             data=event.get_json(),
-            data_version=None if cloudevent else data_version,
-            schema="cloudevents" if cloudevent else "eventgrid",
+            data_version=_optional_attr(event, "data_version"),
+            schema="eventgrid",
         )
+
+
+def _required_attr(event: Any, name: str) -> str:
+    value = getattr(event, name, None)
+    if value is None or value == "":
+        raise InvalidEvent(f"event.{name}", "missing")
+    if not isinstance(value, str):
+        raise InvalidEvent(f"event.{name}", "not a string")
+    return value
+
+
+def _optional_attr(event: Any, name: str) -> str | None:
+    value = getattr(event, name, None)
+    if value is not None and not isinstance(value, str):
+        raise InvalidEvent(f"event.{name}", "not a string")
+    return value
+
+
+def _base64_data(encoded: Any) -> bytes:
+    if not isinstance(encoded, str):
+        raise InvalidEvent("event.data_base64", "not a string")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        raise InvalidEvent("event.data_base64", "not valid base64") from None
 
 
 # -- typed views -----------------------------------------------------------------------------------
@@ -259,145 +264,6 @@ class DriftAlert:
 KnownEvent: TypeAlias = (
     BlobCreated | ModelRegistered | RunCompleted | RunStatusChanged | DatasetDriftDetected | DriftAlert
 )
-
-
-# -- parsing a delivery ----------------------------------------------------------------------------
-
-
-def parse_delivery(body: bytes | str, *, content_type: str | None = None) -> list[InboundEvent]:
-    """Parse an HTTP delivery from Event Grid into its events, validating each one's required fields.
-
-    Accepts the Event Grid schema (an array of events, or a single object) and CloudEvents 1.0 in structured
-    mode: ``application/cloudevents+json`` (one event), ``application/cloudevents-batch+json`` (an array),
-    or any JSON body whose events carry ``specversion``.
-    """
-    if isinstance(body, bytes):
-        try:
-            # utf-8-sig: a BOM from a hand-made request must not make valid JSON unreadable.
-            text = body.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise InvalidEvent("body", "not valid UTF-8") from None
-    else:
-        text = body
-    try:
-        document = json.loads(text, parse_constant=_reject_constant)
-    except ValueError:
-        raise InvalidEvent("body", "not valid JSON") from None
-
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if media_type == _CLOUDEVENTS_SINGLE and not isinstance(document, dict):
-        raise InvalidEvent("body", f"{_CLOUDEVENTS_SINGLE} must be one JSON object")
-    if media_type == _CLOUDEVENTS_BATCH and not isinstance(document, list):
-        raise InvalidEvent("body", f"{_CLOUDEVENTS_BATCH} must be a JSON array")
-
-    if isinstance(document, dict):
-        items: list[Any] = [document]
-    elif isinstance(document, list):
-        items = document
-    else:
-        raise InvalidEvent("body", "not a JSON object or array")
-    if not items:
-        raise InvalidEvent("body", "empty array: no events")
-
-    cloudevents_only = media_type in (_CLOUDEVENTS_SINGLE, _CLOUDEVENTS_BATCH)
-    events: list[InboundEvent] = []
-    for index, item in enumerate(items):
-        where = f"event[{index}]"
-        if not isinstance(item, dict):
-            raise InvalidEvent(where, "not a JSON object")
-        if cloudevents_only or "specversion" in item:
-            events.append(_parse_cloudevent(item, where))
-        else:
-            events.append(_parse_eventgrid_event(item, where))
-    return events
-
-
-def validation_code(events: list[InboundEvent]) -> str | None:
-    """The ``data.validationCode`` of a ``Microsoft.EventGrid.SubscriptionValidationEvent`` in ``events``, else None."""
-    for event in events:
-        if _same_type(event.type, SUBSCRIPTION_VALIDATION_TYPE) and isinstance(event.data, Mapping):
-            code = _lookup(event.data, "validationCode")
-            if isinstance(code, str) and code:
-                return code
-    return None
-
-
-def _parse_eventgrid_event(item: Mapping[str, Any], where: str) -> InboundEvent:
-    event_time = _required_text(item, "eventTime", where)
-    parsed_time = _parse_time(event_time)
-    if parsed_time is None:
-        raise InvalidEvent(f"{where}.eventTime", f"not an ISO 8601 time: {event_time!r}")
-    if "data" not in item:
-        raise InvalidEvent(f"{where}.data", "missing")
-    return InboundEvent(
-        id=_required_text(item, "id", where),
-        type=_required_text(item, "eventType", where),
-        source=_optional_text(item, "topic", where) or "",
-        subject=_required_text(item, "subject", where, allow_empty=True),
-        time=parsed_time,
-        data=item["data"],
-        data_version=_optional_text(item, "dataVersion", where),
-        schema="eventgrid",
-    )
-
-
-def _parse_cloudevent(item: Mapping[str, Any], where: str) -> InboundEvent:
-    specversion = _required_text(item, "specversion", where)
-    if specversion != CLOUDEVENTS_SPECVERSION:
-        raise InvalidEvent(f"{where}.specversion", f"unsupported CloudEvents version {specversion!r} (only 1.0)")
-    time_text = _optional_text(item, "time", where)
-    parsed_time = None
-    if time_text is not None:
-        parsed_time = _parse_time(time_text)
-        if parsed_time is None:
-            raise InvalidEvent(f"{where}.time", f"not an ISO 8601 time: {time_text!r}")
-    data = item.get("data")
-    if "data" not in item and "data_base64" in item:
-        encoded = _required_text(item, "data_base64", where, allow_empty=True)
-        try:
-            data = base64.b64decode(encoded, validate=True)
-        except ValueError:  # binascii.Error is a ValueError
-            raise InvalidEvent(f"{where}.data_base64", "not valid base64") from None
-    return InboundEvent(
-        id=_required_text(item, "id", where),
-        type=_required_text(item, "type", where),
-        source=_required_text(item, "source", where),
-        subject=_optional_text(item, "subject", where) or "",
-        time=parsed_time,
-        data=data,
-        data_version=None,
-        schema="cloudevents",
-    )
-
-
-def _required_text(item: Mapping[str, Any], name: str, where: str, *, allow_empty: bool = False) -> str:
-    if name not in item or item[name] is None:
-        raise InvalidEvent(f"{where}.{name}", "missing")
-    value = item[name]
-    if not isinstance(value, str):
-        raise InvalidEvent(f"{where}.{name}", "not a string")
-    if not value and not allow_empty:
-        raise InvalidEvent(f"{where}.{name}", "empty")
-    return value
-
-
-def _optional_text(item: Mapping[str, Any], name: str, where: str) -> str | None:
-    value = item.get(name)
-    if value is not None and not isinstance(value, str):
-        raise InvalidEvent(f"{where}.{name}", "not a string")
-    return value
-
-
-def _required_attr(event: Any, name: str) -> str:
-    value = getattr(event, name, None)
-    if not isinstance(value, str) or not value:
-        raise InvalidEvent(f"event.{name}", "missing")
-    return value
-
-
-def _reject_constant(name: str) -> Any:
-    # NaN and Infinity are not JSON; Python's parser would accept them silently.
-    raise ValueError(f"{name} is not JSON")
 
 
 # -- interpreting an event -------------------------------------------------------------------------
@@ -611,7 +477,7 @@ def _time(data: Mapping[str, Any], name: str) -> datetime | None:
     text = _text(data, name)
     if text is None:
         return None
-    parsed = _parse_time(text)
+    parsed = parse_time(text)
     if parsed is None:
         raise InvalidEvent(f"data.{name}", f"not an ISO 8601 time: {text!r}")
     return parsed
@@ -688,7 +554,7 @@ def _is_local_host(host: str) -> bool:
 # -- times -----------------------------------------------------------------------------------------
 
 
-def _parse_time(text: str) -> datetime | None:
+def parse_time(text: str) -> datetime | None:
     """An aware UTC datetime from ISO 8601 text ("Z", 7 fractional digits and no offset accepted), else None."""
     normalized = text.strip()
     if normalized[-1:] in ("Z", "z"):
@@ -706,7 +572,7 @@ def _worker_time(value: Any, field: str) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return _aware(value)
     if isinstance(value, str):
-        parsed = _parse_time(value)
+        parsed = parse_time(value)
         if parsed is not None:
             return parsed
     raise InvalidEvent(field, f"not a time: {value!r}")
@@ -719,7 +585,3 @@ def _aware(value: datetime | None) -> datetime | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
-
-
-def _same_type(actual: str, expected: str) -> bool:
-    return actual.casefold() == expected.casefold()

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from shared.adapters.local.queues import LocalQueues
-from shared.events import InvalidEvent, parse_delivery, validation_code
+from shared.events import InvalidEvent
 from signalbox.localhost.config import (
     HostConfig,
     HostConfigError,
@@ -33,6 +33,7 @@ from signalbox.localhost.config import (
     load_local_settings,
     redact_keys,
 )
+from signalbox.localhost.eventgrid import parse_delivery, validation_code
 from signalbox.localhost.index import EVENT_GRID, HTTP, SERVICE_BUS, TIMER, HostedFunction, index_functions, load_app
 from signalbox.localhost.triggers import QueuePump, TimerRunner, invoke_event_grid
 
@@ -441,7 +442,8 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
             if event_type_header == "unsubscribe":
                 self._send(202, b"")
                 return
-            for event in events:
+            for delivered in events:
+                event = delivered.event
                 started = time.monotonic()
                 log.info(
                     "Executing 'Functions.%s' (Reason='EventGrid trigger fired', EventId=%s, EventType=%s)",
@@ -450,7 +452,7 @@ def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
                     event.type,
                 )
                 try:
-                    invoke_event_grid(function, event.to_function_kwargs())
+                    invoke_event_grid(function, delivered.raw)
                 except Exception as exc:
                     host.record(name, "Failed", time.monotonic() - started, event.id)
                     log.error(

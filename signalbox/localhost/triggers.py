@@ -1,20 +1,30 @@
-"""Service Bus queue triggers pumped from the local queues, and timer triggers."""
+"""Service Bus queue triggers pumped from the local queues, timer triggers, and Event Grid invocations.
+
+Trigger inputs are built as the Python worker builds them: the Functions host sends the trigger's data and
+its trigger metadata (typed data, converted as the host's gRPC layer converts .NET values), and the
+``azure.functions`` library's own converter for the binding turns them into the function's argument.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.adapters.local.queues import LocalQueues, MessageLockLost, ReceivedMessage
 from signalbox.localhost.config import HostConfigError, ServiceBusOptions, resolve_app_setting_refs
 from signalbox.localhost.index import HostedFunction
 from signalbox.localhost.schedule import parse_schedule
+
+if TYPE_CHECKING:
+    from azure.functions.meta import Datum
 
 log = logging.getLogger("signalbox.host")
 
@@ -103,7 +113,7 @@ class QueuePump:
             self._slots.release()
 
     def _invoke(self, message: ReceivedMessage) -> None:
-        from azure.functions.servicebus import ServiceBusMessage
+        from azure.functions.servicebus import ServiceBusMessageInConverter
 
         done = threading.Event()
         renewer = threading.Thread(target=self._renew_lock, args=(message, done), daemon=True)
@@ -111,27 +121,12 @@ class QueuePump:
         started = time.monotonic()
         reason = f"New ServiceBus message detected on '{self.queue}'."
         log.info("Executing 'Functions.%s' (Reason='%s', MessageId=%s)", self.function.name, reason, message.message_id)
-        sb_message = ServiceBusMessage(
-            body=message.body,
-            message_id=message.message_id,
-            session_id=message.session_id,
-            correlation_id=message.correlation_id,
-            content_type=message.content_type,
-            subject=message.subject,
-            label=message.subject,
-            delivery_count=message.delivery_count,
-            enqueued_time_utc=message.enqueued_time,
-            expires_at_utc=message.expires_at,
-            locked_until=message.locked_until,
-            lock_token=message.lock_token,
-            sequence_number=message.sequence_number,
-            scheduled_enqueue_time_utc=message.scheduled_enqueue_time,
-            application_properties=dict(message.application_properties),
-            user_properties=dict(message.application_properties),
-        )
+        data, metadata = service_bus_input(message, self.function.name)
         error: str | None = None
         try:
-            self.function.call(**{self.function.trigger_arg: sb_message})
+            # Inside the try: a message the converter cannot bind fails the invocation, as in the worker.
+            bound = ServiceBusMessageInConverter.decode(data, trigger_metadata=metadata)
+            self.function.call(**{self.function.trigger_arg: bound})
         except Exception as exc:
             error = _describe_error(exc)
             log.error(
@@ -231,8 +226,120 @@ class TimerRunner:
             self.fire(past_due=late)
 
 
-def invoke_event_grid(function: HostedFunction, event_kwargs: dict[str, Any]) -> None:
-    """Call an Event Grid trigger with one event, as the worker binds it."""
-    import azure.functions as func
+def invoke_event_grid(function: HostedFunction, event: Mapping[str, Any]) -> None:
+    """Call an Event Grid trigger with one event (its JSON object as delivered), bound as the worker binds it.
 
-    function.call(**{function.trigger_arg: func.EventGridEvent(**event_kwargs)})
+    The converter binds ``azure.functions.CloudEvent`` for an event with ``specversion`` (a CloudEvents
+    subscription) and ``azure.functions.EventGridEvent`` otherwise, whatever the function's annotation says.
+    """
+    from azure.functions.eventgrid import EventGridEventInConverter
+
+    data, metadata = event_grid_input(event, function.name)
+    bound = EventGridEventInConverter.decode(data, trigger_metadata=metadata)
+    function.call(**{function.trigger_arg: bound})
+
+
+# -- trigger inputs as the Functions host sends them ------------------------------------------------
+
+
+def event_grid_input(event: Mapping[str, Any], function_name: str) -> tuple[Datum, dict[str, Datum]]:
+    """The data and trigger metadata the host sends the worker for one Event Grid event.
+
+    The extension binds the event's JSON object (typed data ``json``) and offers its ``data`` property as
+    binding data; the host adds ``sys``.
+    """
+    from azure.functions.meta import Datum
+
+    metadata = {"sys": _sys_metadata(function_name)}
+    if "data" in event:
+        metadata["data"] = Datum(_json(event["data"]), "json")
+    return Datum(_json(event), "json"), metadata
+
+
+def service_bus_input(message: ReceivedMessage, function_name: str) -> tuple[Datum, dict[str, Datum]]:
+    """The data and trigger metadata the host sends the worker for one Service Bus message.
+
+    The binding data of the Service Bus extension (v5) for a single message; the host leaves out null
+    values and converts the rest to typed data: text as ``string``, everything else (int, long, DateTime,
+    DateTimeOffset, dictionaries) as Json.NET-serialised ``json``. ``DateTime`` values come from
+    ``DateTimeOffset.DateTime``, so they carry no offset (the converter returns them naive).
+    """
+    from azure.functions.meta import Datum
+
+    def text(value: str | None) -> Datum | None:
+        return None if value is None else Datum(value, "string")
+
+    def number(value: int) -> Datum:
+        return Datum(_json(value), "json")
+
+    def clock(value: datetime) -> Datum:
+        return Datum(_json(_dotnet_time(value, offset=False)), "json")
+
+    def moment(value: datetime) -> Datum:
+        return Datum(_json(_dotnet_time(value, offset=True)), "json")
+
+    properties = Datum(_json(dict(message.application_properties)), "json")
+    fields: dict[str, Datum | None] = {
+        "DeliveryCount": number(message.delivery_count),
+        "DeadLetterSource": None,
+        "LockToken": text(message.lock_token),
+        "ExpiresAtUtc": clock(message.expires_at),
+        "ExpiresAt": moment(message.expires_at),
+        "EnqueuedTimeUtc": clock(message.enqueued_time),
+        "EnqueuedTime": moment(message.enqueued_time),
+        "MessageId": text(message.message_id),
+        "ContentType": text(message.content_type),
+        "ReplyTo": None,
+        "SequenceNumber": number(message.sequence_number),
+        "To": None,
+        "Subject": text(message.subject),
+        "Label": text(message.subject),
+        "CorrelationId": text(message.correlation_id),
+        "ApplicationProperties": properties,
+        "UserProperties": properties,
+        "SessionId": text(message.session_id),
+        "ReplyToSessionId": None,
+        "PartitionKey": None,
+        "TransactionPartitionKey": None,
+        "sys": _sys_metadata(function_name),
+    }
+    metadata = {key: value for key, value in fields.items() if value is not None}
+    try:
+        body = Datum(message.body.decode("utf-8"), "string")
+    except UnicodeDecodeError:
+        body = Datum(message.body, "bytes")
+    return body, metadata
+
+
+def _sys_metadata(function_name: str) -> Datum:
+    from azure.functions.meta import Datum
+
+    now = datetime.now(UTC)
+    return Datum(
+        _json(
+            {
+                "MethodName": function_name,
+                "UtcNow": _dotnet_time(now, offset=False) + "Z",
+                "RandGuid": str(uuid.uuid4()),
+            }
+        ),
+        "json",
+    )
+
+
+def _json(value: Any) -> str:
+    # Json.NET's Formatting.None: no whitespace between tokens.
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _dotnet_time(value: datetime, *, offset: bool) -> str:
+    """``value`` as Json.NET writes a .NET DateTime (no offset) or DateTimeOffset (+00:00), in UTC.
+
+    Json.NET writes up to 7 fractional digits and drops trailing zeros (and the point when none is left).
+    """
+    utc = value.astimezone(UTC) if value.tzinfo else value
+    text = utc.strftime("%Y-%m-%dT%H:%M:%S")
+    fraction = f"{utc.microsecond:06d}0".rstrip("0")
+    if fraction:
+        text += "." + fraction
+    return text + ("+00:00" if offset else "")

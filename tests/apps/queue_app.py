@@ -73,7 +73,10 @@ def boom(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.event_grid_trigger(arg_name="event")
 def grid(event: func.EventGridEvent) -> None:
+    # The worker binds a CloudEvent on a CloudEvents subscription, whatever this annotation says (and it
+    # must be one class: the worker refuses to load a Union, which check_input_type_annotation rejects).
     data = event.get_json()
-    _record(trigger="grid", event="got", id=event.id, type=event.event_type)
+    kind = event.type if isinstance(event, func.CloudEvent) else event.event_type
+    _record(trigger="grid", event="got", id=event.id, type=kind, bound=type(event).__name__)
     if isinstance(data, dict) and data.get("fail"):
         raise RuntimeError("grid failure")

@@ -1,4 +1,8 @@
-"""shared.events: parsing Event Grid deliveries (both schemas) and the typed events Signalbox acts on."""
+"""shared.events and the local host's delivery reading: both schemas, the worker's bound types, typed events.
+
+Events reach ``shared.events`` as the Python worker binds them; here they are split from a delivery by
+``signalbox.localhost.eventgrid.parse_delivery`` and bound by azure-functions' own converter.
+"""
 
 from __future__ import annotations
 
@@ -25,9 +29,9 @@ from shared.events import (
     RunCompleted,
     RunStatusChanged,
     interpret,
-    parse_delivery,
-    validation_code,
 )
+from signalbox.localhost.eventgrid import SUBSCRIPTION_VALIDATION_TYPE, DeliveredEvent, validation_code
+from signalbox.localhost.eventgrid import parse_delivery as parse_delivered
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -121,10 +125,25 @@ def read(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
+def parse_delivery(body: bytes | str, content_type: str | None = None) -> list[InboundEvent]:
+    """The checked envelopes of a delivery's events."""
+    return [d.event for d in parse_delivered(body, content_type=content_type)]
+
+
 def only(body: bytes | str, content_type: str | None = None) -> InboundEvent:
     parsed = parse_delivery(body, content_type=content_type)
     assert len(parsed) == 1
     return parsed[0]
+
+
+def bind(raw: dict[str, Any]) -> Any:
+    """``raw`` bound by azure-functions' own Event Grid converter, from the data the Functions host sends."""
+    from azure.functions.eventgrid import EventGridEventInConverter
+
+    from signalbox.localhost.triggers import event_grid_input
+
+    data, metadata = event_grid_input(raw, "test")
+    return EventGridEventInConverter.decode(data, trigger_metadata=metadata)
 
 
 def eventgrid_event(**overrides: Any) -> dict[str, Any]:
@@ -220,22 +239,23 @@ def test_event_times(text: str, expected: datetime) -> None:
 
 
 def test_subscription_validation_fixture() -> None:
-    parsed = parse_delivery(read("subscription_validation.eventgrid.json"))
+    delivered = parse_delivered(read("subscription_validation.eventgrid.json"))
+    parsed = [d.event for d in delivered]
 
-    assert validation_code(parsed) == "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"
+    assert validation_code(delivered) == "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"
     assert parsed[0].subject == ""
     assert interpret(parsed[0]) is None
 
 
 @pytest.mark.parametrize("name", EVENT_FIXTURES)
 def test_validation_code_is_none_for_other_events(name: str) -> None:
-    assert validation_code(parse_delivery(read(name))) is None
+    assert validation_code(parse_delivered(read(name))) is None
 
 
 def test_validation_code_without_code_is_none() -> None:
-    body = json.dumps([eventgrid_event(eventType=events.SUBSCRIPTION_VALIDATION_TYPE, data={})])
+    body = json.dumps([eventgrid_event(eventType=SUBSCRIPTION_VALIDATION_TYPE, data={})])
 
-    assert validation_code(parse_delivery(body)) is None
+    assert validation_code(parse_delivered(body)) is None
 
 
 def test_module_docstring_example_is_the_drift_alert_fixture() -> None:
@@ -278,7 +298,16 @@ def test_batch_of_several_events_keeps_order() -> None:
 def test_str_and_bytes_with_bom_are_accepted() -> None:
     text = (FIXTURES / "run_completed.eventgrid.json").read_text()
 
-    assert parse_delivery(text) == parse_delivery(b"\xef\xbb\xbf" + text.encode())
+    assert parse_delivered(text) == parse_delivered(b"\xef\xbb\xbf" + text.encode())
+
+
+def test_a_delivered_event_keeps_its_json_object_as_sent() -> None:
+    items = [load("run_completed.cloudevents.json")[0], {**cloudevent(), "comexampleextension": "x"}]
+
+    delivered = parse_delivered(json.dumps(items), content_type="application/cloudevents-batch+json")
+
+    assert [d.raw for d in delivered] == items
+    assert all(isinstance(d, DeliveredEvent) for d in delivered)
 
 
 def test_cloudevent_optional_attributes() -> None:
@@ -608,45 +637,57 @@ def test_blob_without_a_usable_subject_or_url() -> None:
 
 
 @pytest.mark.parametrize("name", ALL_FIXTURES)
-def test_round_trip_through_azure_functions_event_grid_event(name: str) -> None:
+def test_the_worker_bound_event_reads_as_the_delivered_one(name: str) -> None:
     import azure.functions as func
 
-    original = only(read(name))
+    for delivered in parse_delivered(read(name)):
+        bound = bind(delivered.raw)
 
-    bound = func.EventGridEvent(**original.to_function_kwargs())
-    back = InboundEvent.from_function_event(bound)
-
-    assert back == original
-    assert interpret(back) == interpret(original)
-
-
-def test_from_an_azure_functions_cloud_event() -> None:
-    import azure.functions as func
-
-    original = only(read("blob_created.cloudevents.json"))
-    bound = func.CloudEvent(
-        id=original.id,
-        source=original.source,
-        type=original.type,
-        specversion="1.0",
-        data=original.data,
-        time=original.time,
-        subject=original.subject,
-    )
-
-    assert InboundEvent.from_function_event(bound) == original
+        # A CloudEvents subscription binds CloudEvent, an Event Grid one EventGridEvent.
+        expected = func.CloudEvent if delivered.event.schema == "cloudevents" else func.EventGridEvent
+        assert type(bound) is expected
+        back = InboundEvent.from_function_event(bound)
+        assert back == delivered.event
+        assert interpret(back) == interpret(delivered.event)
 
 
-def test_eventgrid_event_with_data_version_1_0_comes_back_as_a_cloudevent() -> None:
-    import azure.functions as func
+def test_a_cloudevent_with_base64_data_binds_to_bytes() -> None:
+    item = cloudevent(data_base64="aGVsbG8=")
+    del item["data"]
 
-    original = only(json.dumps(eventgrid_event(dataVersion="1.0")))
+    assert InboundEvent.from_function_event(bind(item)).data == b"hello"
+    broken = {**item, "data_base64": "not base64!"}
+    with pytest.raises(InvalidEvent, match=r"^event\.data_base64: not valid base64$"):
+        InboundEvent.from_function_event(bind(broken))
 
-    back = InboundEvent.from_function_event(func.EventGridEvent(**original.to_function_kwargs()))
 
-    # Documented ambiguity of the "1.0" marker: the schema is lost, the typed event is not.
-    assert back.schema == "cloudevents"
-    assert interpret(back) == interpret(original)
+def test_an_eventgrid_event_with_data_version_1_0_stays_an_eventgrid_event() -> None:
+    back = InboundEvent.from_function_event(bind(eventgrid_event(dataVersion="1.0")))
+
+    assert (back.schema, back.data_version) == ("eventgrid", "1.0")
+    assert isinstance(interpret(back), ModelRegistered)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({**cloudevent(), "type": None}, "event.type: missing"),
+        ({k: v for k, v in cloudevent().items() if k != "source"}, "event.source: missing"),
+        (cloudevent(id=7), "event.id: not a string"),
+        (cloudevent(subject=["a"]), "event.subject: not a string"),
+        (cloudevent(specversion="0.3"), "event.specversion: unsupported CloudEvents version '0.3' (only 1.0)"),
+        (cloudevent(specversion=None), "event.specversion: unsupported CloudEvents version None (only 1.0)"),
+        ({"hello": "world"}, "event.id: missing"),
+        (eventgrid_event(eventType=12), "event.event_type: not a string"),
+        (eventgrid_event(topic={"a": 1}), "event.topic: not a string"),
+    ],
+)
+def test_whatever_the_converter_binds_is_checked(raw: dict[str, Any], message: str) -> None:
+    # The converter checks nothing: every attribute may be None or any JSON type.
+    with pytest.raises(InvalidEvent) as raised:
+        InboundEvent.from_function_event(bind(raw))
+
+    assert str(raised.value) == message
 
 
 def test_from_function_event_naive_time_is_utc() -> None:
@@ -663,19 +704,31 @@ def test_from_function_event_naive_time_is_utc() -> None:
     )
 
     assert InboundEvent.from_function_event(bound).time == datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+    # The converter itself yields a naive time for a time without an offset.
+    naive = bind(eventgrid_event(eventTime="2026-11-23T08:00:00"))
+    assert naive.event_time == datetime(2026, 11, 23, 8, 0)
+    assert InboundEvent.from_function_event(naive).time == datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
 
 def test_from_function_event_accepts_text_times_and_rejects_others() -> None:
     import azure.functions as func
 
-    kwargs = only(read("drift_alert.eventgrid.json")).to_function_kwargs()
+    bound = bind(load("drift_alert.eventgrid.json")[0])
+    kwargs = {
+        "id": bound.id,
+        "data": bound.get_json(),
+        "topic": bound.topic,
+        "subject": bound.subject,
+        "event_type": bound.event_type,
+        "data_version": bound.data_version,
+    }
 
-    text = InboundEvent.from_function_event(func.EventGridEvent(**{**kwargs, "event_time": "2026-11-23T08:30:00Z"}))
+    text = InboundEvent.from_function_event(func.EventGridEvent(**kwargs, event_time="2026-11-23T08:30:00Z"))
     assert text.time == datetime(2026, 11, 23, 8, 30, tzinfo=UTC)
     with pytest.raises(InvalidEvent, match=r"^event\.event_time: not a time"):
-        InboundEvent.from_function_event(func.EventGridEvent(**{**kwargs, "event_time": 12}))
+        InboundEvent.from_function_event(func.EventGridEvent(**kwargs, event_time=12))
     with pytest.raises(InvalidEvent, match=r"^event\.id: missing$"):
-        InboundEvent.from_function_event(func.EventGridEvent(**{**kwargs, "id": ""}))
+        InboundEvent.from_function_event(func.EventGridEvent(**{**kwargs, "id": ""}, event_time=None))
 
 
 def test_importing_events_loads_neither_azure_nor_pydantic() -> None:
