@@ -5,7 +5,9 @@
 ``POST /api/ops/deadletters/replay`` ``{filters..., "dry_run": false, "max_replays": 3}``
 ``POST /api/ops/deadletters/purge``  ``{filters..., "dry_run": false, "confirm": "<queue name or all>"}``
 
-Thin: parse, call ``shared/deadletters.py``, answer JSON. Bad input is a 400 with a message.
+Thin: parse the request (``shared/deadletters/requests.py``), run the operation
+(``shared/deadletters``) in a dead-letter session of ``Services.dead_letters``, answer its view
+(``shared/deadletters/views.py``). Bad input is a 400 with a message.
 """
 
 from __future__ import annotations
@@ -55,51 +57,49 @@ def _log_progress(what: str) -> Any:
 def deadletters_list(req: func.HttpRequest) -> func.HttpResponse:
     """The dead letters of every queue (or of ``?queue=``), filtered by the query string."""
     from shared import deadletters
-    from shared.adapters.local.deadletters import deadletter_ports
+    from shared.deadletters import requests, views
 
     try:
-        filters = deadletters.parse_filters(dict(req.params), now=_now())
-        with deadletter_ports(runtime.services()) as ports:
+        filters = requests.parse_filters(dict(req.params), now=_now())
+        with runtime.services().dead_letters() as ports:
             found = deadletters.list_dead_letters(ports.store, filters)
     except ValueError as exc:
         return problem(400, str(exc))
-    return json_response(
-        {"filters": filters.to_dict(), "count": len(found), "dead_letters": [deadletters.summary(d) for d in found]}
-    )
+    return json_response(views.listing(filters, found))
 
 
 @bp.route(route="ops/deadletters/{message_id}", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
 def deadletters_show(req: func.HttpRequest) -> func.HttpResponse:
     """One dead letter with everything: body, application properties, full description."""
     from shared import deadletters
-    from shared.adapters.local.deadletters import deadletter_ports
+    from shared.deadletters import views
 
     message_id = req.route_params.get("message_id", "")
     unknown = sorted(set(req.params) - {"queue"})
     if unknown:
         return problem(400, f"unknown query parameter(s) {', '.join(unknown)}; only queue is accepted")
     try:
-        with deadletter_ports(runtime.services()) as ports:
+        with runtime.services().dead_letters() as ports:
             found = deadletters.find(ports.store, message_id, queue=req.params.get("queue") or None)
     except LookupError as exc:
         return problem(404, str(exc.args[0]))
     except ValueError as exc:
         return problem(400, str(exc))
-    return json_response(deadletters.detail(found))
+    return json_response(views.detail(found))
 
 
 @bp.route(route="ops/deadletters/replay", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
 def deadletters_replay(req: func.HttpRequest) -> func.HttpResponse:
     """Replay the dead letters the body selects (``dry_run``: only say which would move)."""
     from shared import deadletters
-    from shared.adapters.local.deadletters import deadletter_ports
+    from shared.deadletters import requests, views
 
     try:
         body = _body(req)
-        filters = deadletters.parse_filters(body, now=_now(), extra=("dry_run", "max_replays"))
-        dry_run = deadletters.parse_flag(body, "dry_run")
-        max_replays = deadletters.parse_max_replays(body)
-        with deadletter_ports(runtime.services()) as ports:
+        filters = requests.parse_filters(body, now=_now(), extra=("dry_run", "max_replays"))
+        dry_run = requests.parse_flag(body, "dry_run")
+        max_replays = requests.parse_max_replays(body)
+        with runtime.services().dead_letters() as ports:
             report = deadletters.replay(
                 ports.store,
                 ports.sender,
@@ -110,28 +110,26 @@ def deadletters_replay(req: func.HttpRequest) -> func.HttpResponse:
             )
     except ValueError as exc:
         return problem(400, str(exc))
-    log.info("dead-letter replay %s: %s", filters.to_dict(), report.counts())
-    return json_response({"filters": filters.to_dict(), **report.to_dict()})
+    log.info("dead-letter replay %s: %s", views.filters_view(filters), report.counts())
+    return json_response(views.report(filters, report))
 
 
 @bp.route(route="ops/deadletters/purge", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
 def deadletters_purge(req: func.HttpRequest) -> func.HttpResponse:
     """Delete the dead letters the body selects; ``"confirm"`` must name the queue (``all`` for every queue)."""
     from shared import deadletters
-    from shared.adapters.local.deadletters import deadletter_ports
+    from shared.deadletters import requests, views
 
     try:
         body = _body(req)
-        filters = deadletters.parse_filters(body, now=_now(), extra=("dry_run", "confirm"))
-        dry_run = deadletters.parse_flag(body, "dry_run")
-        confirm = body.get("confirm")
-        if confirm is not None and not isinstance(confirm, str):
-            raise ValueError("confirm must be a string: the queue name, or all")
-        with deadletter_ports(runtime.services()) as ports:
+        filters = requests.parse_filters(body, now=_now(), extra=("dry_run", "confirm"))
+        dry_run = requests.parse_flag(body, "dry_run")
+        confirm = requests.parse_confirm(body)
+        with runtime.services().dead_letters() as ports:
             report = deadletters.purge(
                 ports.store, filters, confirm=confirm, dry_run=dry_run, progress=_log_progress("purge")
             )
     except ValueError as exc:  # ConfirmationRequired included
         return problem(400, str(exc))
-    log.info("dead-letter purge %s: %s", filters.to_dict(), report.counts())
-    return json_response({"filters": filters.to_dict(), **report.to_dict()})
+    log.info("dead-letter purge %s: %s", views.filters_view(filters), report.counts())
+    return json_response(views.report(filters, report))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 from datetime import UTC, datetime
@@ -14,7 +13,9 @@ from shared.services import Services
 from shared.settings import Settings, check_cloud_settings, load_settings
 
 if TYPE_CHECKING:
+    from shared.deadletters.ports import DeadLetterSessions
     from shared.ports import Bus, Compute, LandingZone, LifecycleEvents, Serving
+    from shared.queue_depths import QueueDepths
 
 
 def _utcnow() -> datetime:
@@ -65,15 +66,14 @@ def bootstrap(settings: Settings | None = None) -> Services:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     tracking, registry_uri = _mlflow_uris(settings)
 
-    from shared.adapters.local.deadletters import ports_from_settings
     from shared.adapters.mlflow.evaluator import MlflowEvaluator
     from shared.adapters.mlflow.registry import MlflowRegistry
-    from shared.queue_depths import queue_depths
 
+    bus, dead_letters, queue_depths = _queues(settings)
     return Services(
         settings=settings,
         catalogue=catalogue,
-        bus=_bus(settings),
+        bus=bus,
         registry=MlflowRegistry(tracking, registry_uri),
         compute={backend: _compute(backend, settings, tracking) for backend in backends | {"local"}},
         evaluator=MlflowEvaluator(tracking, registry_uri),
@@ -82,8 +82,8 @@ def bootstrap(settings: Settings | None = None) -> Services:
         events=_events(settings),
         clock=_utcnow,
         code_version=code_version(settings.catalogue.parent),
-        queue_depths=queue_depths(settings),
-        dead_letters=functools.partial(ports_from_settings, settings),
+        queue_depths=queue_depths,
+        dead_letters=dead_letters,
     )
 
 
@@ -98,18 +98,24 @@ def _mlflow_uris(settings: Settings) -> tuple[str, str | None]:
     return settings.mlflow_tracking_uri, settings.registry_uri or None
 
 
-def _bus(settings: Settings) -> Bus:
+def _queues(settings: Settings) -> tuple[Bus, DeadLetterSessions, QueueDepths]:
+    """The bus, the dead letters and the queue depths over one Service Bus access (namespace and
+    credential chosen once) or one set of local queues."""
     if settings.bus == "servicebus":
+        from shared.adapters.servicebus.access import ServiceBusAccess
         from shared.adapters.servicebus.bus import ServiceBusBus
+        from shared.adapters.servicebus.deadletters import servicebus_dead_letters
+        from shared.queue_depths import ServiceBusQueueDepths
 
-        return ServiceBusBus(
-            fully_qualified_namespace=settings.servicebus_namespace or None,
-            connection_string=None if settings.servicebus_namespace else settings.servicebus_connection,
-        )
+        access = ServiceBusAccess.from_settings(settings)
+        return ServiceBusBus(access), servicebus_dead_letters(access), ServiceBusQueueDepths(access)
     from shared.adapters.local.bus import LocalBus
+    from shared.adapters.local.deadletters import local_dead_letters
     from shared.adapters.local.queues import LocalQueues
+    from shared.queue_depths import LocalQueueDepths
 
-    return LocalBus(LocalQueues(settings.state_dir / "queues.sqlite3"))
+    queues = LocalQueues(settings.state_dir / "queues.sqlite3")
+    return LocalBus(queues), local_dead_letters(queues), LocalQueueDepths(queues)
 
 
 def _compute(backend: str, settings: Settings, tracking: str) -> Compute:

@@ -3,7 +3,8 @@
 ``depths()`` answers ``{queue: {"active", "scheduled", "locked", "dead_letter"}}`` for every
 queue of ``shared/queues.json``. The embedded default counts the local SQLite queues; in
 Azure the Service Bus administration API reports the runtime properties of each queue.
-The SDKs load only inside the adapter that needs them (this module is import-light).
+``shared/bootstrap.py`` picks one. The SDKs load only inside the adapter that needs them
+(this module is import-light).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from shared.queues import QUEUES
 
 if TYPE_CHECKING:
     from shared.adapters.local.queues import LocalQueues
-    from shared.settings import Settings
+    from shared.adapters.servicebus.access import ServiceBusAccess
 
 COUNTS = ("active", "scheduled", "locked", "dead_letter")
 
@@ -51,20 +52,10 @@ class ServiceBusQueueDepths:
     raises and the ops page shows the lifecycle with "queue depths unavailable".
     """
 
-    def __init__(
-        self,
-        *,
-        fully_qualified_namespace: str | None = None,
-        connection_string: str | None = None,
-        names: Iterable[str] | None = None,
-        client: Any = None,
-    ) -> None:
-        if client is None and not (fully_qualified_namespace or connection_string):
-            raise ValueError(
-                "ServiceBusQueueDepths needs ServiceBusConnection__fullyQualifiedNamespace or ServiceBusConnection"
-            )
-        self.fully_qualified_namespace = fully_qualified_namespace
-        self._connection_string = connection_string
+    def __init__(self, access: ServiceBusAccess, *, names: Iterable[str] | None = None, client: Any = None) -> None:
+        """Read over ``access`` (the namespace and credential bootstrap chose); ``client`` replaces the
+        ``ServiceBusAdministrationClient`` (tests)."""
+        self.access = access
         self.names = tuple(names if names is not None else QUEUES)
         self._client = client
         self._lock = threading.Lock()
@@ -84,32 +75,9 @@ class ServiceBusQueueDepths:
         return out
 
     def _admin_client(self) -> Any:
-        # One client per process, built on first use: DefaultAzureCredential is slow to create.
+        # One client per process, built on first use (the access makes its credential once, too).
         with self._lock:
             if self._client is None:
-                from azure.servicebus.management import ServiceBusAdministrationClient
-
-                if self.fully_qualified_namespace:
-                    from azure.identity import DefaultAzureCredential
-
-                    self._client = ServiceBusAdministrationClient(
-                        self.fully_qualified_namespace, credential=DefaultAzureCredential()
-                    )
-                else:
-                    self._client = ServiceBusAdministrationClient.from_connection_string(str(self._connection_string))
+                self._client = self.access.admin_client()
             return self._client
 
-
-def queue_depths(settings: Settings) -> QueueDepths:
-    """The adapter ``SIGNALBOX_BUS`` selects (the namespace, with a managed identity, wins over a connection string).
-
-    To move into ``shared/bootstrap.py`` beside ``_bus`` (one composition root).
-    """
-    if settings.bus == "servicebus":
-        return ServiceBusQueueDepths(
-            fully_qualified_namespace=settings.servicebus_namespace or None,
-            connection_string=None if settings.servicebus_namespace else settings.servicebus_connection or None,
-        )
-    from shared.adapters.local.queues import LocalQueues
-
-    return LocalQueueDepths(LocalQueues(settings.state_dir / "queues.sqlite3"))

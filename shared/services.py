@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from shared.errors import PermanentError
 
 if TYPE_CHECKING:
-    from shared.adapters.local.deadletters import DeadLetterPorts
     from shared.catalogue import Catalogue, ModelEntry
+    from shared.deadletters.ports import DeadLetterSessions
     from shared.ports import Bus, Clock, Compute, Evaluator, LandingZone, LifecycleEvents, Registry, Serving
     from shared.queue_depths import QueueDepths
     from shared.settings import Settings
@@ -31,10 +30,10 @@ class Services:
     landing: LandingZone
     events: LifecycleEvents
     clock: Clock
+    # One dead-letter session per operation: each owns the locks it takes.
+    dead_letters: DeadLetterSessions
     code_version: Mapping[str, str] = field(default_factory=dict)
     queue_depths: QueueDepths | None = None
-    # One dead-letter session per operation: each owns the locks it takes.
-    dead_letters: Callable[[], AbstractContextManager[DeadLetterPorts]] | None = None
     # Models this worker has already recorded landed data for (see ``land_blob``).
     landed: set[str] = field(default_factory=set)
 

@@ -4,7 +4,7 @@ By default it works directly on the local queues of ``--state-dir`` (no host nee
 ``--host-url`` it goes through a running host's admin functions (``/api/ops/deadletters``),
 with the admin (master) key from ``--admin-key`` / ``$SIGNALBOX_ADMIN_KEY`` or else the state
 dir's ``host-keys.json`` (a Function App in Azure: pass its master key). Both ways run the
-same code (``shared/deadletters.py``) and print the same thing.
+same code (``shared/deadletters``: its requests, operations and views) and print the same thing.
 
 Exit codes: 0 done; 1 something failed (a replay or purge failure, a dead letter not found,
 the host unreachable or refusing); 2 bad input, or a purge that was not confirmed.
@@ -262,7 +262,7 @@ class DirectBackend:
             raise CommandError(str(exc)) from None
 
     def _filters(self, data: dict[str, Any]) -> Any:
-        from shared.deadletters import parse_filters
+        from shared.deadletters.requests import parse_filters
 
         try:
             return parse_filters(data, now=datetime.now(UTC))
@@ -271,23 +271,21 @@ class DirectBackend:
 
     def list(self, filters: dict[str, Any]) -> dict[str, Any]:
         from shared import deadletters
+        from shared.deadletters import views
 
         parsed = self._filters(filters)
         try:
             found = deadletters.list_dead_letters(self.ports, parsed)
         except ValueError as exc:
             raise CommandError(str(exc), EXIT_REFUSED) from None
-        return {
-            "filters": parsed.to_dict(),
-            "count": len(found),
-            "dead_letters": [deadletters.summary(d) for d in found],
-        }
+        return views.listing(parsed, found)
 
     def show(self, message_id: str, queue: str | None) -> dict[str, Any]:
         from shared import deadletters
+        from shared.deadletters import views
 
         try:
-            return deadletters.detail(deadletters.find(self.ports, message_id, queue=queue))
+            return views.detail(deadletters.find(self.ports, message_id, queue=queue))
         except LookupError as exc:
             raise CommandError(str(exc.args[0])) from None
         except ValueError as exc:
@@ -302,6 +300,7 @@ class DirectBackend:
         progress: Callable[[int, int], None] | None,
     ) -> dict[str, Any]:
         from shared import deadletters
+        from shared.deadletters import views
 
         parsed = self._filters(filters)
         try:
@@ -310,7 +309,7 @@ class DirectBackend:
             )
         except ValueError as exc:
             raise CommandError(str(exc), EXIT_REFUSED) from None
-        return {"filters": parsed.to_dict(), **report.to_dict()}
+        return views.report(parsed, report)
 
     def purge(
         self,
@@ -321,13 +320,14 @@ class DirectBackend:
         progress: Callable[[int, int], None] | None,
     ) -> dict[str, Any]:
         from shared import deadletters
+        from shared.deadletters import views
 
         parsed = self._filters(filters)
         try:
             report = deadletters.purge(self.ports, parsed, confirm=confirm, dry_run=dry_run, progress=progress)
         except ValueError as exc:  # ConfirmationRequired included
             raise CommandError(str(exc), EXIT_REFUSED) from None
-        return {"filters": parsed.to_dict(), **report.to_dict()}
+        return views.report(parsed, report)
 
 
 class HostBackend:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from shared.catalogue import Catalogue, load_catalogue
 from shared.contracts import Envelope
+from shared.deadletters.ports import DeadLetter, DeadLetterPorts, ReplayMessage
 from shared.errors import DeploymentFailed
 from shared.ports import Deployment, JobRequest, ModelVersion, Readiness, RunStatus, ScoringFrame
 from shared.services import Services
@@ -205,6 +207,53 @@ class FakeEvents:
         return [t for t, _, _ in self.published]
 
 
+@dataclass
+class FakeDeadLetters:
+    """An in-memory dead-letter store and replay sender; ``session`` is a ``Services.dead_letters`` factory."""
+
+    dead: dict[str, list[DeadLetter]] = field(default_factory=dict)
+    sent: list[tuple[str, ReplayMessage]] = field(default_factory=list)
+    locked: set[tuple[str, int]] = field(default_factory=set)
+    sessions: int = 0
+
+    def queue_names(self) -> list[str]:
+        from shared.queues import QUEUES
+
+        return list(QUEUES)
+
+    def peek(self, queue: str, limit: int) -> list[DeadLetter]:
+        return self.dead.get(queue, [])[:limit]
+
+    def lock(self, queue: str, sequence_number: int) -> DeadLetter | None:
+        found = [d for d in self.dead.get(queue, []) if d.sequence_number == sequence_number]
+        if not found or (queue, sequence_number) in self.locked:
+            return None
+        self.locked.add((queue, sequence_number))
+        return found[0]
+
+    def complete(self, queue: str, sequence_number: int) -> None:
+        self.locked.remove((queue, sequence_number))
+        self.dead[queue] = [d for d in self.dead[queue] if d.sequence_number != sequence_number]
+
+    def release(self, queue: str, sequence_number: int) -> None:
+        self.locked.remove((queue, sequence_number))
+
+    def release_all(self) -> None:
+        self.locked.clear()
+
+    def send(self, queue: str, message: ReplayMessage) -> bool:
+        self.sent.append((queue, message))
+        return True
+
+    @contextmanager
+    def session(self) -> Iterator[DeadLetterPorts]:
+        self.sessions += 1
+        try:
+            yield DeadLetterPorts(self, self)
+        finally:
+            self.release_all()
+
+
 def services(catalogue: Catalogue | None = None, environment: str = "dev", **settings: object) -> Services:
     return Services(
         settings=Settings.model_validate({"SIGNALBOX_ENVIRONMENT": environment, **settings}),
@@ -217,5 +266,6 @@ def services(catalogue: Catalogue | None = None, environment: str = "dev", **set
         landing=FakeLanding(),
         events=FakeEvents(),
         clock=FakeClock(),
+        dead_letters=FakeDeadLetters().session,
         code_version={"commit_sha": "abc123", "repository": "example/signalbox"},
     )

@@ -1,7 +1,9 @@
 """Dead letters: list, show, replay and purge the dead-letter sub-queues, over a small port.
 
 The same functions serve the admin HTTP functions (``functions/operations.py``) and the
-``signalbox dlq`` command, on the local queues or on Azure Service Bus.
+``signalbox dlq`` command, on the local queues or on Azure Service Bus. The ports live in
+:mod:`shared.deadletters.ports`, the parsing of requests in :mod:`shared.deadletters.requests`
+and the JSON views in :mod:`shared.deadletters.views`.
 
 Replay is "send, then complete". A replay is a NEW message: the same body, correlation id,
 session id, subject and content type, the application properties without the dead-letter
@@ -14,30 +16,42 @@ duplicate (once the window has passed), never a loss. The dead letter is complet
 after the send succeeded. A message whose replay count reached ``max_replays`` is skipped,
 so a message that keeps failing ends in the dead-letter queue instead of looping.
 
-This module imports only the standard library (the function app imports it at invocation).
+This package imports only the standard library (the function app imports it at invocation).
 """
 
 from __future__ import annotations
 
-import base64
-import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Literal
 
+from shared.deadletters.ports import (
+    ORIGINAL_MESSAGE_ID,
+    REPLAY_COUNT,
+    DeadLetter,
+    DeadLetterPorts,
+    DeadLetterSessions,
+    DeadLetterStore,
+    ReplayMessage,
+    ReplaySender,
+    replay_count_of,
+)
 from shared.errors import InvalidInput
 
 __all__ = [
     "ALL_QUEUES",
     "DEAD_LETTER_PROPERTIES",
     "DEFAULT_MAX_REPLAYS",
+    "FILTER_FIELDS",
     "ORIGINAL_MESSAGE_ID",
     "REPLAY_COUNT",
     "SCAN_LIMIT",
     "ConfirmationRequired",
     "DeadLetter",
+    "DeadLetterPorts",
+    "DeadLetterSessions",
     "DeadLetterStore",
     "Filters",
     "Outcome",
@@ -45,13 +59,8 @@ __all__ = [
     "ReplayMessage",
     "ReplayReport",
     "ReplaySender",
-    "detail",
     "find",
     "list_dead_letters",
-    "parse_filters",
-    "parse_flag",
-    "parse_max_replays",
-    "parse_since",
     "purge",
     "purge_confirmation",
     "replay",
@@ -59,11 +68,8 @@ __all__ = [
     "replay_message",
     "replay_message_id",
     "select",
-    "summary",
 ]
 
-REPLAY_COUNT = "signalbox.replay_count"
-ORIGINAL_MESSAGE_ID = "signalbox.original_message_id"
 # What Service Bus adds to a dead-lettered message's application properties; never replayed.
 DEAD_LETTER_PROPERTIES = frozenset({"deadletterreason", "deadlettererrordescription"})
 DEFAULT_MAX_REPLAYS = 3
@@ -74,94 +80,10 @@ ALL_QUEUES = "all"
 
 _MAX_ID_LENGTH = 128
 _REPLAY_NAMESPACE = uuid.UUID("0b4d5a39-3f5e-4c1e-9d53-6a1f2f0c7e21")
-_SHORT_DESCRIPTION = 100
-_FILTER_FIELDS = ("queue", "reason", "since", "message_id", "correlation_id", "limit")
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$", re.IGNORECASE)
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 class ConfirmationRequired(InvalidInput):
     """A purge was asked for without the confirmation it needs; the message says what to type."""
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """One message in a queue's dead-letter sub-queue."""
-
-    queue: str
-    message_id: str
-    sequence_number: int
-    body: bytes
-    correlation_id: str | None
-    session_id: str | None
-    application_properties: Mapping[str, Any]
-    reason: str | None
-    description: str | None
-    enqueued_time: datetime | None
-    dead_lettered_time: datetime | None
-    delivery_count: int
-    replay_count: int
-    subject: str | None = None
-    content_type: str | None = None
-
-    @property
-    def original_message_id(self) -> str:
-        """The id of the first message this one replays (its own id when it is no replay)."""
-        original = self.application_properties.get(ORIGINAL_MESSAGE_ID)
-        return str(original) if original else self.message_id
-
-
-@dataclass(frozen=True)
-class ReplayMessage:
-    """The new message a replay sends to the dead letter's queue."""
-
-    body: bytes
-    message_id: str
-    correlation_id: str | None
-    session_id: str | None
-    subject: str | None
-    content_type: str | None
-    application_properties: Mapping[str, str | int | float | bool]
-
-
-class DeadLetterStore(Protocol):
-    """The dead-letter sub-queues: read them, and take one message at a time to settle it.
-
-    ``lock`` is a peek-lock on the dead-letter sub-queue (Service Bus: a receiver with
-    ``sub_queue=DEAD_LETTER``), so two runs never both replay or purge the same message.
-    """
-
-    def queue_names(self) -> Sequence[str]:
-        """Every queue whose dead letters this store reads."""
-        ...
-
-    def peek(self, queue: str, limit: int) -> list[DeadLetter]:
-        """Up to ``limit`` dead letters of ``queue`` in sequence order, without locking them."""
-        ...
-
-    def lock(self, queue: str, sequence_number: int) -> DeadLetter | None:
-        """Lock one dead letter for this store; ``None`` when it is gone or another holder has it."""
-        ...
-
-    def complete(self, queue: str, sequence_number: int) -> None:
-        """Delete a dead letter this store locked; raises when the lock was lost."""
-        ...
-
-    def release(self, queue: str, sequence_number: int) -> None:
-        """Give back the lock on a dead letter; it stays as it was."""
-        ...
-
-    def release_all(self) -> None:
-        """End of a run: give back every lock this store still holds."""
-        ...
-
-
-class ReplaySender(Protocol):
-    """Sends replays to the (main) queues."""
-
-    def send(self, queue: str, message: ReplayMessage) -> bool | None:
-        """Send one message: ``False`` when duplicate detection dropped it, ``None`` when unknown."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -197,14 +119,9 @@ class Filters:
                 return False
         return True
 
-    def to_dict(self) -> dict[str, Any]:
-        """The criteria given, JSON-ready (the body of the admin functions)."""
-        out: dict[str, Any] = {}
-        for name in _FILTER_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value.isoformat() if isinstance(value, datetime) else value
-        return out
+
+# The criteria a request may give, in the order the views list them.
+FILTER_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Filters))
 
 
 Status = Literal["replayed", "would_replay", "purged", "would_purge", "skipped", "failed"]
@@ -221,21 +138,6 @@ class Outcome:
     detail: str = ""
     new_message_id: str | None = None
     replay_count: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        out: dict[str, Any] = {
-            "queue": self.queue,
-            "message_id": self.message_id,
-            "sequence_number": self.sequence_number,
-            "status": self.status,
-        }
-        if self.new_message_id is not None:
-            out["new_message_id"] = self.new_message_id
-            out["replay_count"] = self.replay_count
-        if self.detail:
-            out["detail"] = self.detail
-        return out
 
 
 @dataclass
@@ -268,14 +170,6 @@ class _Report:
             out[outcome.status] = out.get(outcome.status, 0) + 1
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (the answer of the admin functions)."""
-        return {
-            "dry_run": self.dry_run,
-            "counts": self.counts(),
-            "outcomes": [o.to_dict() for o in self.outcomes],
-        }
-
 
 @dataclass
 class ReplayReport(_Report):
@@ -287,10 +181,6 @@ class ReplayReport(_Report):
     def replayed(self) -> list[Outcome]:
         """Sent anew and removed from the dead-letter queue (dry run: would be)."""
         return self._with("replayed", "would_replay")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return {**super().to_dict(), "max_replays": self.max_replays}
 
 
 @dataclass
@@ -307,18 +197,6 @@ Progress = Callable[[int, int], None]
 
 
 # -- reading ---------------------------------------------------------------------------------
-
-
-def replay_count_of(properties: Mapping[str, Any]) -> int:
-    """The ``signalbox.replay_count`` application property (0 when absent or not a count)."""
-    value = properties.get(REPLAY_COUNT)
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, int):
-        return max(value, 0)
-    if isinstance(value, str | bytes) and value.strip().isdigit():
-        return int(value)
-    return 0
 
 
 def _queues(store: DeadLetterStore, queue: str | None) -> list[str]:
@@ -554,138 +432,3 @@ def _purge_one(store: DeadLetterStore, dead: DeadLetter, *, dry_run: bool) -> Ou
     except Exception as exc:
         return outcome("failed", f"could not delete it: {_error(exc)}{_release_quietly(store, locked)}")
     return outcome("purged")
-
-
-# -- input and output --------------------------------------------------------------------------
-
-
-def parse_since(text: str, *, now: datetime) -> datetime:
-    """A moment: ISO 8601 with a time zone (``2026-11-23T10:00:00Z``), or an age before ``now``.
-
-    Ages: ``90s``, ``15m``, ``2h``, ``1d``, ``1w`` or an ISO 8601 duration (``PT1H``).
-    """
-    text = text.strip()
-    relative = _RELATIVE.match(text)
-    if relative:
-        return now - timedelta(**{_UNITS[relative.group(2).lower()]: float(relative.group(1))})
-    if text.upper().startswith("P"):
-        from shared.queues import parse_iso_duration
-
-        try:
-            return now - parse_iso_duration(text.upper())
-        except ValueError as exc:
-            raise ValueError(f"since: {exc}") from None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"since: expected a time like 2026-11-23T10:00:00Z or an age like 15m, 2h, 1d, got {text!r}"
-        ) from None
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"since: give a time zone (e.g. 2026-11-23T10:00:00Z), got {text!r}")
-    return moment.astimezone(UTC)
-
-
-def _optional_text(data: Mapping[str, Any], name: str) -> str | None:
-    value = data.get(name)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
-    return value
-
-
-def _whole(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if not isinstance(value, int):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def parse_filters(data: Mapping[str, Any], *, now: datetime, extra: Iterable[str] = ()) -> Filters:
-    """Filters from a JSON body or query string; ``ValueError`` names a bad or unknown field.
-
-    ``extra`` names further fields the caller reads itself (e.g. ``dry_run``).
-    """
-    allowed = set(_FILTER_FIELDS) | set(extra)
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(map(repr, unknown))}; expected {', '.join(sorted(allowed))}")
-    since_text = _optional_text(data, "since")
-    limit = data.get("limit")
-    return Filters(
-        queue=_optional_text(data, "queue"),
-        reason=_optional_text(data, "reason"),
-        since=parse_since(since_text, now=now) if since_text else None,
-        message_id=_optional_text(data, "message_id"),
-        correlation_id=_optional_text(data, "correlation_id"),
-        limit=None if limit is None or limit == "" else _whole(limit, "limit", 1),
-    )
-
-
-def parse_flag(data: Mapping[str, Any], name: str, default: bool = False) -> bool:
-    """A boolean field (JSON true/false, or "true"/"false" in a query string)."""
-    value = data.get(name, default)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.lower() in ("true", "1", "yes")
-    raise ValueError(f"{name} must be true or false, got {value!r}")
-
-
-def parse_max_replays(data: Mapping[str, Any]) -> int:
-    """The ``max_replays`` field (default :data:`DEFAULT_MAX_REPLAYS`)."""
-    value = data.get("max_replays")
-    return DEFAULT_MAX_REPLAYS if value is None else _whole(value, "max_replays", 0)
-
-
-def _time(moment: datetime | None) -> str | None:
-    return moment.astimezone(UTC).isoformat() if moment is not None else None
-
-
-def _short(text: str | None, width: int = _SHORT_DESCRIPTION) -> str | None:
-    if text is None:
-        return None
-    line = " ".join(text.split())
-    return line if len(line) <= width else line[: width - 1] + "…"
-
-
-def summary(dead: DeadLetter) -> dict[str, Any]:
-    """The ``list`` view of a dead letter, JSON-ready (the description shortened)."""
-    return {
-        "message_id": dead.message_id,
-        "queue": dead.queue,
-        "sequence_number": dead.sequence_number,
-        "reason": dead.reason,
-        "description": _short(dead.description),
-        "enqueued_time": _time(dead.enqueued_time),
-        "dead_lettered_time": _time(dead.dead_lettered_time),
-        "delivery_count": dead.delivery_count,
-        "correlation_id": dead.correlation_id,
-        "replay_count": dead.replay_count,
-    }
-
-
-def detail(dead: DeadLetter) -> dict[str, Any]:
-    """The ``show`` view: everything, the body as text (or base64 when it is not UTF-8)."""
-    try:
-        body: str = dead.body.decode("utf-8")
-        encoding = "utf-8"
-    except UnicodeDecodeError:
-        body, encoding = base64.b64encode(dead.body).decode("ascii"), "base64"
-    return {
-        **summary(dead),
-        "description": dead.description,
-        "session_id": dead.session_id,
-        "subject": dead.subject,
-        "content_type": dead.content_type,
-        "original_message_id": dead.original_message_id,
-        "application_properties": dict(dead.application_properties),
-        "body": body,
-        "body_encoding": encoding,
-    }

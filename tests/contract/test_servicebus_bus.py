@@ -1,4 +1,5 @@
-"""ServiceBusBus against azure-servicebus at its message-building boundary (no broker: AMQP has no local fake).
+"""ServiceBusBus and ServiceBusAccess against azure-servicebus at its message-building boundary (no broker:
+AMQP has no local fake).
 
 Messages and batches are the SDK's real objects; the client is a recording stand-in, or the real
 ``ServiceBusClient`` pointed at a closed port on 127.0.0.1, so nothing is ever sent to a namespace.
@@ -21,6 +22,7 @@ from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusMess
 from azure.servicebus import exceptions as sb
 
 from shared.adapters.local import bus as local_bus
+from shared.adapters.servicebus.access import ServiceBusAccess
 from shared.adapters.servicebus.bus import ServiceBusBus, to_servicebus_message
 from shared.contracts import DeployVersion, Envelope, EvaluateVersion, PromoteVersion, TrainModel
 from shared.errors import PermanentError, TransientError
@@ -193,7 +195,7 @@ class Factory:
 def recording_bus(batch_size: int | None = None, **settings: Any) -> tuple[ServiceBusBus, Factory]:
     factory = Factory(batch_size)
     settings = settings or {"fully_qualified_namespace": NAMESPACE}
-    return ServiceBusBus(client_factory=factory, **settings), factory
+    return ServiceBusBus(ServiceBusAccess(**settings), client_factory=factory), factory
 
 
 # -- send and send_many -----------------------------------------------------------------
@@ -380,7 +382,7 @@ def test_the_namespace_of_a_connection_string_names_errors_without_its_key(caplo
 )
 def test_exactly_one_way_to_connect(settings):
     with pytest.raises(ValueError) as raised:
-        ServiceBusBus(**settings)
+        ServiceBusAccess(**settings)
     text = str(raised.value)
     assert "ServiceBusConnection__fullyQualifiedNamespace" in text and "ServiceBusConnection " in text
     assert KEY not in text
@@ -395,21 +397,21 @@ def test_exactly_one_way_to_connect(settings):
 )
 def test_a_bad_connection_string_is_refused_without_echoing_it(connection_string, says):
     with pytest.raises(ValueError, match=says) as raised:
-        ServiceBusBus(connection_string=connection_string)
+        ServiceBusAccess(connection_string=connection_string)
     assert KEY not in str(raised.value)
 
 
 def test_a_credential_goes_with_the_namespace_only():
     with pytest.raises(ValueError, match="credential applies only"):
-        ServiceBusBus(connection_string=CONNECTION, credential=object())
+        ServiceBusAccess(connection_string=CONNECTION, credential=object())
 
 
 def test_the_namespace_setting_may_be_a_url():
-    assert ServiceBusBus(fully_qualified_namespace=f"sb://{NAMESPACE}/").namespace == NAMESPACE
+    assert ServiceBusAccess(fully_qualified_namespace=f"sb://{NAMESPACE}/").namespace == NAMESPACE
 
 
 def test_a_connection_string_the_sdk_refuses_is_permanent():
-    bus = ServiceBusBus(connection_string=f"Endpoint=sb://127.0.0.1/;SharedAccessKey={KEY}")  # no key name
+    bus = ServiceBusBus(ServiceBusAccess(connection_string=f"Endpoint=sb://127.0.0.1/;SharedAccessKey={KEY}"))
     with pytest.raises(PermanentError, match="check ServiceBusConnection") as raised:
         bus.send(train())
     assert KEY not in str(raised.value)
@@ -448,7 +450,7 @@ def test_the_real_client_unreachable_is_transient_and_reconnects(caplog, monkeyp
         return real(self, queue_name, **kwargs)
 
     monkeypatch.setattr(ServiceBusClient, "get_queue_sender", counting)
-    bus = ServiceBusBus(connection_string=CONNECTION, retry_total=0)
+    bus = ServiceBusBus(ServiceBusAccess(connection_string=CONNECTION), retry_total=0)
     try:
         for _ in range(2):
             with pytest.raises(TransientError, match=r"namespace 127\.0\.0\.1") as raised:
@@ -482,16 +484,19 @@ def test_the_namespace_uses_default_azure_credential_unless_given_one(monkeypatc
     import azure.identity
 
     monkeypatch.setattr(azure.identity, "DefaultAzureCredential", default_credential)
-    bus = ServiceBusBus(fully_qualified_namespace="127.0.0.1", retry_total=0)
+    access = ServiceBusAccess(fully_qualified_namespace="127.0.0.1")
+    assert built == []  # nothing is made before a client is needed
+    bus = ServiceBusBus(access, retry_total=0)
     with pytest.raises(TransientError):
         bus.send(train())
+    bus.close()
     with pytest.raises(TransientError):
-        bus.send(train())
+        bus.send(train())  # a new client after close: the same credential
     bus.close()
     assert len(built) == 1  # made lazily, once
 
     given = StubCredential()
-    bus = ServiceBusBus(fully_qualified_namespace="127.0.0.1", credential=given, retry_total=0)
+    bus = ServiceBusBus(ServiceBusAccess(fully_qualified_namespace="127.0.0.1", credential=given), retry_total=0)
     with pytest.raises(TransientError):
         bus.send(train())
     bus.close()
@@ -505,3 +510,60 @@ def test_importing_the_adapters_imports_no_azure_sdk():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+# -- one access, shared by the bus, the dead letters and the queue depths ----------------------------------
+
+
+def test_one_access_makes_one_credential_for_every_service_bus_adapter(monkeypatch):
+    """bootstrap builds one ServiceBusAccess: the bus, the dead letters and the queue depths share its credential."""
+    from azure.servicebus.management import ServiceBusAdministrationClient
+
+    from shared.adapters.servicebus.deadletters import ServiceBusDeadLetters
+    from shared.queue_depths import ServiceBusQueueDepths
+
+    built: list[StubCredential] = []
+
+    def default_credential() -> StubCredential:
+        built.append(StubCredential())
+        return built[-1]
+
+    import azure.identity
+
+    monkeypatch.setattr(azure.identity, "DefaultAzureCredential", default_credential)
+    access = ServiceBusAccess(fully_qualified_namespace=NAMESPACE)
+    bus = ServiceBusBus(access)
+    dead_letters = ServiceBusDeadLetters(access)
+    depths = ServiceBusQueueDepths(access)
+    with bus._lock:
+        bus_client = bus._get_client()
+    dead_letter_client = dead_letters._get_client()
+    admin = depths._admin_client()
+    try:
+        assert isinstance(bus_client, ServiceBusClient) and isinstance(dead_letter_client, ServiceBusClient)
+        assert bus_client is not dead_letter_client  # each adapter owns (and closes) its client
+        assert isinstance(admin, ServiceBusAdministrationClient)
+        assert bus_client.fully_qualified_namespace == dead_letter_client.fully_qualified_namespace == NAMESPACE
+        assert admin.fully_qualified_namespace == NAMESPACE
+        assert len(built) == 1
+        assert bus_client._credential is dead_letter_client._credential is built[0]
+    finally:
+        bus.close()
+        dead_letters.close()
+        admin.close()
+
+
+def test_the_access_from_settings_prefers_the_managed_identity_and_never_shows_the_key():
+    from shared.settings import Settings
+
+    both = Settings.model_validate(
+        {"ServiceBusConnection__fullyQualifiedNamespace": NAMESPACE, "ServiceBusConnection": CONNECTION}
+    )
+    by_identity = ServiceBusAccess.from_settings(both)
+    assert by_identity.namespace == NAMESPACE and not by_identity.uses_connection_string
+    by_key = ServiceBusAccess.from_settings(Settings.model_validate({"ServiceBusConnection": CONNECTION}))
+    assert by_key.namespace == "127.0.0.1" and by_key.uses_connection_string and by_key.credential() is None
+    assert KEY not in repr(by_key) and "connection string" in repr(by_key)
+    assert KEY not in by_key.redact(f"failed for {CONNECTION} (key {KEY})")
+    with pytest.raises(ValueError, match="neither"):
+        ServiceBusAccess.from_settings(Settings.model_validate({}))

@@ -1,6 +1,6 @@
 """Dead letters: selection, replay (send then complete), max replays, dry run, purge confirmation.
 
-Most tests run the domain (``shared/deadletters.py``) over the real local queues
+Most tests run the domain (``shared/deadletters``) over the real local queues
 (``LocalDeadLetters``) with a hand-moved clock. The Service Bus adapter is tested at the SDK
 boundary: real ``azure.servicebus`` message objects (received ones decoded from AMQP bytes)
 and a recording stand-in for the client, receiver and sender. That stand-in does not cover
@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,11 +23,15 @@ from typing import Any
 import pytest
 
 from shared import deadletters as dl
-from shared.adapters.local.deadletters import LocalDeadLetters, to_dead_letter
+from shared.adapters.local.deadletters import LocalDeadLetters, local_dead_letters, to_dead_letter
 from shared.adapters.local.queues import LocalQueues, MessageLockLost, OutboundMessage
-from shared.deadletters import DeadLetter, Filters
+from shared.adapters.servicebus.access import ServiceBusAccess
+from shared.deadletters import DeadLetter, Filters, views
+from shared.deadletters import requests as dl_requests
 from shared.queues import QUEUES_FILE, load_queue_specs
+from tests.fakes import FakeDeadLetters, services
 
+REPO = Path(__file__).resolve().parents[2]
 SPECS = load_queue_specs(QUEUES_FILE)  # train: lock PT1M, dedup P1D; promote: sessions
 TRAIN, PROMOTE, EVALUATE = "train", "promote", "evaluate"
 
@@ -120,12 +126,12 @@ def test_select_filters_by_queue_reason_since_ids_and_limit(queues, store, clock
 
 def test_list_summary_and_show_detail(queues, store):
     poison(queues, TRAIN, "a", description="x" * 300, properties={"model_name": "iris", "n": 2})
-    [row] = [dl.summary(d) for d in dl.list_dead_letters(store)]
+    [row] = [views.summary(d) for d in dl.list_dead_letters(store)]
     assert row["message_id"] == "a" and row["queue"] == TRAIN and row["reason"] == "MaxDeliveryCountExceeded"
     assert len(row["description"]) <= 100 and row["description"].endswith("…")
     assert row["delivery_count"] == 1 and row["replay_count"] == 0 and row["correlation_id"] == "corr-a"
     assert row["enqueued_time"] and row["dead_lettered_time"]
-    shown = dl.detail(dl.find(store, "a"))
+    shown = views.detail(dl.find(store, "a"))
     assert shown["description"] == "x" * 300
     assert shown["body"] == '{"id": "a"}' and shown["body_encoding"] == "utf-8"
     assert shown["application_properties"] == {"model_name": "iris", "n": 2}
@@ -135,14 +141,14 @@ def test_list_summary_and_show_detail(queues, store):
 
 def test_binary_bodies_are_shown_as_base64(store):
     binary = DeadLetter(TRAIN, "b", 1, b"\xff\x00", None, None, {}, None, None, None, None, 1, 0)
-    assert dl.detail(binary)["body_encoding"] == "base64" and dl.detail(binary)["body"] == "/wA="
+    assert views.detail(binary)["body_encoding"] == "base64" and views.detail(binary)["body"] == "/wA="
 
 
 def test_parse_filters_reads_json_and_query_strings_and_names_bad_fields(clock):
-    parsed = dl.parse_filters({"queue": TRAIN, "since": "2h", "limit": "5"}, now=clock.now)
+    parsed = dl_requests.parse_filters({"queue": TRAIN, "since": "2h", "limit": "5"}, now=clock.now)
     assert parsed == Filters(queue=TRAIN, since=clock.now - timedelta(hours=2), limit=5)
-    assert dl.parse_filters({"since": "PT30M"}, now=clock.now).since == clock.now - timedelta(minutes=30)
-    assert dl.parse_filters({"since": "2026-11-23T08:00:00Z"}, now=clock.now).since == datetime(
+    assert dl_requests.parse_filters({"since": "PT30M"}, now=clock.now).since == clock.now - timedelta(minutes=30)
+    assert dl_requests.parse_filters({"since": "2026-11-23T08:00:00Z"}, now=clock.now).since == datetime(
         2026, 11, 23, 8, tzinfo=UTC
     )
     for bad, message in (
@@ -154,13 +160,13 @@ def test_parse_filters_reads_json_and_query_strings_and_names_bad_fields(clock):
         ({"reason": 3}, "reason must be a string"),
     ):
         with pytest.raises(ValueError, match=message):
-            dl.parse_filters(bad, now=clock.now)
-    assert dl.parse_max_replays({}) == 3 and dl.parse_max_replays({"max_replays": 0}) == 0
+            dl_requests.parse_filters(bad, now=clock.now)
+    assert dl_requests.parse_max_replays({}) == 3 and dl_requests.parse_max_replays({"max_replays": 0}) == 0
     with pytest.raises(ValueError, match="max_replays"):
-        dl.parse_max_replays({"max_replays": -1})
-    assert dl.parse_flag({"dry_run": "true"}, "dry_run") is True
+        dl_requests.parse_max_replays({"max_replays": -1})
+    assert dl_requests.parse_flag({"dry_run": "true"}, "dry_run") is True
     with pytest.raises(ValueError, match="dry_run must be true or false"):
-        dl.parse_flag({"dry_run": "perhaps"}, "dry_run")
+        dl_requests.parse_flag({"dry_run": "perhaps"}, "dry_run")
 
 
 # -- replay ---------------------------------------------------------------------------------------------
@@ -336,7 +342,7 @@ def test_dry_run_lists_what_would_move_and_moves_nothing(queues, store):
     assert [o.status for o in report.outcomes] == ["would_replay"] * 3
     assert [o.new_message_id for o in report.outcomes] == [f"m-{n}:replay-1" for n in range(3)]
     assert queues.counts(TRAIN) == before and active(queues, TRAIN) == []
-    assert report.to_dict()["dry_run"] is True and report.to_dict()["counts"] == {"would_replay": 3}
+    assert views.report_view(report)["dry_run"] is True and views.report_view(report)["counts"] == {"would_replay": 3}
 
 
 def test_replay_reports_progress_and_honours_the_limit(queues, store):
@@ -420,6 +426,133 @@ def test_to_dead_letter_reads_the_replay_count(queues):
     [message] = queues.peek(TRAIN, dead_letter=True)
     assert to_dead_letter(message).replay_count == 2
     assert dl.replay_count_of({dl.REPLAY_COUNT: "2"}) == 2 and dl.replay_count_of({dl.REPLAY_COUNT: True}) == 0
+
+
+# -- sessions: what bootstrap wires into Services.dead_letters ----------------------------------------------
+
+
+def test_each_local_session_owns_its_locks_and_gives_them_back_at_the_end(queues):
+    poison(queues, TRAIN, "m-1")
+    [peeked] = queues.peek(TRAIN, dead_letter=True)
+    sessions = local_dead_letters(queues)
+
+    with sessions() as first:
+        assert first.store is first.sender and isinstance(first.store, LocalDeadLetters)
+        assert first.store.lock(TRAIN, peeked.sequence_number) is not None
+        with sessions() as second:
+            assert second.store is not first.store
+            assert second.store.lock(TRAIN, peeked.sequence_number) is None  # held by the first session
+    # The first session ended without settling it (an operation that broke off): the lock is back.
+    with sessions() as third:
+        assert third.store.lock(TRAIN, peeked.sequence_number) is not None
+        third.store.complete(TRAIN, peeked.sequence_number)
+    assert dead(queues, TRAIN) == []
+
+
+def test_bootstrap_wires_dead_letters_beside_the_bus_and_the_queue_depths(tmp_path):
+    """Locally one set of queues, on Service Bus one access: the bus, dead letters and depths share it."""
+    from shared.bootstrap import bootstrap
+    from shared.settings import Settings
+
+    common = {"SIGNALBOX_STATE_DIR": str(tmp_path / "state"), "SIGNALBOX_CATALOGUE": str(REPO / "catalogue.toml")}
+    local = bootstrap(Settings.model_validate(common))
+    with local.dead_letters() as ports:
+        assert isinstance(ports.store, LocalDeadLetters)
+        assert ports.store.queues is local.bus.queues is local.queue_depths.queues  # type: ignore[attr-defined]
+
+    namespace = "sb-signalbox.servicebus.windows.net"
+    cloud = bootstrap(
+        Settings.model_validate(
+            {**common, "SIGNALBOX_BUS": "servicebus", "ServiceBusConnection__fullyQualifiedNamespace": namespace}
+        )
+    )
+    access = cloud.bus._access  # type: ignore[attr-defined]
+    assert isinstance(access, ServiceBusAccess) and access.namespace == namespace
+    assert cloud.queue_depths.access is access  # type: ignore[union-attr]
+    with cloud.dead_letters() as ports:
+        assert type(ports.store).__name__ == "ServiceBusDeadLetters"
+        assert ports.store._access is access  # type: ignore[attr-defined]
+
+
+def test_the_domain_and_its_ports_import_no_adapter():
+    """The ports live beside the domain: Services, the domain, its requests and views import no adapter."""
+    code = (
+        "import sys\n"
+        "import shared.services, shared.deadletters, shared.deadletters.requests, shared.deadletters.views\n"
+        "print(sorted(m for m in sys.modules if m.startswith('shared.adapters') or m.split('.')[0] == 'azure'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
+
+
+def test_parse_confirm_takes_a_string_or_nothing():
+    assert dl_requests.parse_confirm({"confirm": TRAIN}) == TRAIN and dl_requests.parse_confirm({}) is None
+    with pytest.raises(ValueError, match="confirm must be a string"):
+        dl_requests.parse_confirm({"confirm": ["train"]})
+
+
+# -- the admin functions in process, over Services.dead_letters -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def admin_functions() -> dict[str, Any]:
+    """The operations blueprint indexed as the local host indexes it (once per process)."""
+    import azure.functions as func
+
+    from functions import operations
+    from signalbox.localhost.index import index_functions
+
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+    app.register_functions(operations.bp)
+    return {f.name: f for f in index_functions(app, default_auth_level="function")}
+
+
+@pytest.fixture
+def fake_dead_letters() -> Iterator[FakeDeadLetters]:
+    from shared import runtime
+
+    fake = FakeDeadLetters()
+    svc = services()
+    svc.dead_letters = fake.session
+    runtime.override(svc)
+    try:
+        yield fake
+    finally:
+        runtime.override(None)
+
+
+def call(function: Any, method: str, url: str, body: Any = None, **params: str) -> tuple[int, Any]:
+    import azure.functions as func
+
+    raw = json.dumps(body).encode() if body is not None else b""
+    request = func.HttpRequest(method=method, url=url, params=params, body=raw)
+    response = function.call(**{function.trigger_arg: request})
+    return response.status_code, json.loads(response.get_body())
+
+
+def test_the_admin_functions_work_in_a_session_of_services_dead_letters(admin_functions, fake_dead_letters):
+    base = "http://localhost/api/ops/deadletters"
+    fake_dead_letters.dead[TRAIN] = [
+        DeadLetter(TRAIN, "a", 1, b"{}", "life-1", None, {}, "MaxDeliveryCountExceeded", "x", None, None, 5, 0),
+        DeadLetter(TRAIN, "b", 2, b"{}", "life-2", None, {}, "InvalidCommand", "bad", None, None, 1, 0),
+    ]
+
+    status, listing = call(admin_functions["deadletters_list"], "GET", base, reason="invalidcommand")
+    assert status == 200
+    assert listing["filters"] == {"reason": "invalidcommand"} and listing["count"] == 1
+    assert [row["message_id"] for row in listing["dead_letters"]] == ["b"]
+
+    status, replayed = call(admin_functions["deadletters_replay"], "POST", f"{base}/replay", {"message_id": "a"})
+    assert status == 200 and replayed["counts"] == {"replayed": 1} and replayed["max_replays"] == 3
+    assert [(q, m.message_id) for q, m in fake_dead_letters.sent] == [(TRAIN, "a:replay-1")]
+
+    status, refused = call(admin_functions["deadletters_purge"], "POST", f"{base}/purge", {"confirm": 1})
+    assert status == 400 and "confirm must be a string" in refused["error"]
+    status, purged = call(admin_functions["deadletters_purge"], "POST", f"{base}/purge", {"confirm": "all"})
+    assert status == 200 and purged["counts"] == {"purged": 1}
+    assert fake_dead_letters.dead[TRAIN] == [] and not fake_dead_letters.locked
+    # One session per operation that reached the store (the refused purge never opened one).
+    assert fake_dead_letters.sessions == 3
 
 
 # -- the CLI directly on the local queues ----------------------------------------------------------------
@@ -614,7 +747,12 @@ class StandInClient:
 def sb_store(client: StandInClient) -> Any:
     from shared.adapters.servicebus.deadletters import ServiceBusDeadLetters
 
-    return ServiceBusDeadLetters(client_factory=lambda: client, queue_names=[TRAIN, PROMOTE], max_wait_time=0.01)
+    return ServiceBusDeadLetters(
+        ServiceBusAccess(fully_qualified_namespace="sb-signalbox.servicebus.windows.net"),
+        client_factory=lambda: client,
+        queue_names=[TRAIN, PROMOTE],
+        max_wait_time=0.01,
+    )
 
 
 def test_servicebus_peek_pages_through_the_dead_letter_sub_queue_and_decodes_properties():
@@ -703,8 +841,24 @@ def test_servicebus_purge_completes_without_sending():
     assert [m.message_id for m in client.dead[TRAIN]] == ["m-1"]
 
 
-def test_servicebus_adapter_needs_a_namespace_or_a_connection_string():
-    from shared.adapters.servicebus.deadletters import ServiceBusDeadLetters
+def test_servicebus_sessions_open_one_adapter_each_and_close_it():
+    from shared.adapters.servicebus.deadletters import ServiceBusDeadLetters, servicebus_dead_letters
 
-    with pytest.raises(ValueError, match="exactly one of"):
-        ServiceBusDeadLetters()
+    clients: list[StandInClient] = []
+
+    def connect() -> StandInClient:
+        clients.append(StandInClient({TRAIN: [received(1, "m-1"), received(2, "m-2")], PROMOTE: []}))
+        return clients[-1]
+
+    access = ServiceBusAccess(fully_qualified_namespace="sb-signalbox.servicebus.windows.net")
+    sessions = servicebus_dead_letters(access, client_factory=connect, queue_names=[TRAIN, PROMOTE], max_wait_time=0.01)
+    with sessions() as ports:
+        assert isinstance(ports.store, ServiceBusDeadLetters) and ports.store is ports.sender
+        assert ports.store.lock(TRAIN, 2) is not None  # held, never settled: the session's end gives it back
+    with sessions() as again:
+        assert again.store is not ports.store
+        assert [d.message_id for d in dl.select(again.store)] == ["m-1", "m-2"]
+    assert len(clients) == 2
+    first = clients[0]
+    assert ("abandon", TRAIN, 1) in first.log and ("abandon", TRAIN, 2) in first.log and not first.locked
+    assert all(("close-client",) in client.log for client in clients)

@@ -23,10 +23,10 @@ import pytest
 from functions import ops_page
 from shared import domain, runtime
 from shared.adapters.local.queues import LocalQueues, OutboundMessage
-from shared.queue_depths import LocalQueueDepths, ServiceBusQueueDepths, queue_depths
+from shared.adapters.servicebus.access import ServiceBusAccess
+from shared.queue_depths import LocalQueueDepths, ServiceBusQueueDepths
 from shared.queues import QUEUES
 from shared.services import Services
-from shared.settings import Settings
 from signalbox.localhost.index import HostedFunction, index_functions
 from tests.fakes import FakeRegistry, services
 
@@ -45,7 +45,7 @@ def functions() -> dict[str, HostedFunction]:
 @pytest.fixture
 def svc(tmp_path: Path) -> Iterator[Services]:
     wired = services(SIGNALBOX_STATE_DIR=str(tmp_path / "state"))
-    wired.queue_depths = queue_depths(wired.settings)
+    wired.queue_depths = LocalQueueDepths(LocalQueues(wired.settings.state_dir / "queues.sqlite3"))
     runtime.override(wired)
     try:
         yield wired
@@ -217,27 +217,22 @@ def test_service_bus_queue_depths_read_the_runtime_properties() -> None:
                 active_message_count=3, scheduled_message_count=1, dead_letter_message_count=2, total_message_count=6
             )
 
-    depths = ServiceBusQueueDepths(client=Admin(), names=["train", "deploy"]).depths()
+    access = ServiceBusAccess(fully_qualified_namespace="sb-x.servicebus.windows.net")
+    depths = ServiceBusQueueDepths(access, client=Admin(), names=["train", "deploy"]).depths()
     assert asked == ["train", "deploy"]
     assert depths == {q: {"active": 3, "scheduled": 1, "locked": 0, "dead_letter": 2} for q in ("train", "deploy")}
 
 
-def test_the_factory_follows_the_bus_setting(tmp_path: Path) -> None:
-    local = queue_depths(Settings.model_validate({"SIGNALBOX_STATE_DIR": str(tmp_path)}))
-    assert isinstance(local, LocalQueueDepths)
-    assert (tmp_path / "queues.sqlite3").exists()
-    cloud = queue_depths(
-        Settings.model_validate(
-            {
-                "SIGNALBOX_BUS": "servicebus",
-                "ServiceBusConnection__fullyQualifiedNamespace": "sb-x.servicebus.windows.net",
-            }
-        )
-    )
-    assert isinstance(cloud, ServiceBusQueueDepths)
-    assert cloud.fully_qualified_namespace == "sb-x.servicebus.windows.net"
-    with pytest.raises(ValueError, match="ServiceBusConnection"):
-        ServiceBusQueueDepths()
+def test_service_bus_queue_depths_build_the_admin_client_from_the_access() -> None:
+    from azure.servicebus.management import ServiceBusAdministrationClient
+
+    access = ServiceBusAccess(connection_string="Endpoint=sb://127.0.0.1/;SharedAccessKeyName=m;SharedAccessKey=k")
+    depths = ServiceBusQueueDepths(access)
+    client = depths._admin_client()
+    assert isinstance(client, ServiceBusAdministrationClient)
+    assert client.fully_qualified_namespace == "127.0.0.1"
+    assert depths._admin_client() is client  # built once
+    client.close()
 
 
 def test_the_test_app_composes_every_blueprint_once_and_indexes_light() -> None:
@@ -258,3 +253,56 @@ def test_the_test_app_composes_every_blueprint_once_and_indexes_light() -> None:
         routes.split()
     )
     assert heavy == "[]"
+
+
+# -- the page file: package data, in the function app and in the wheel ---------------------------------------
+
+
+PAGE = REPO / "functions" / "ops_page.html"
+
+
+def test_the_page_is_read_through_importlib_resources() -> None:
+    template = ops_page.page_template()
+    assert template == PAGE.read_text(encoding="utf-8")
+    assert template.startswith("<!doctype html>") and template.rstrip().endswith("</html>")
+    assert template.count("__NONCE__") == 2 and template.count("__REFRESH__") == 1
+    html = ops_page.render_page(nonce="n0nce", refresh_seconds=7)
+    assert "__NONCE__" not in html and "__REFRESH__" not in html
+    assert '<script nonce="n0nce">' in html and '<style nonce="n0nce">' in html and 'data-refresh="7"' in html
+
+
+def test_the_function_app_deployment_keeps_the_page() -> None:
+    """``func azure functionapp publish`` leaves out what ``.funcignore`` matches (gitignore syntax)."""
+    pathspec = pytest.importorskip("pathspec")
+    ignored = pathspec.GitIgnoreSpec.from_lines((REPO / ".funcignore").read_text().splitlines())
+    assert not ignored.match_file("functions/ops_page.html")
+    assert not ignored.match_file("functions/ops_page.py")
+    assert ignored.match_file("tests/unit/test_ops_overview.py")  # the matcher does match what is ignored
+
+
+def test_the_wheel_ships_the_page_and_it_loads_from_the_wheel(tmp_path: Path) -> None:
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=240,
+    )
+    [wheel] = tmp_path.glob("signalbox-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("functions/ops_page.html") == PAGE.read_bytes()
+    # Imported from the zipped wheel (first on sys.path), not from the checkout: importlib.resources reads the zip.
+    script = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(wheel)!r})\n"
+        "from functions import ops_page\n"
+        "print(ops_page.__file__)\n"
+        "sys.stdout.write(ops_page.page_template())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    where, page = out.split("\n", 1)
+    assert where.startswith(str(wheel))
+    assert page == PAGE.read_text(encoding="utf-8")

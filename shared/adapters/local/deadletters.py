@@ -1,32 +1,30 @@
 """The dead-letter port over the local SQLite queues (the embedded default).
 
-:class:`LocalDeadLetters` is both the :class:`~shared.deadletters.DeadLetterStore` and the
-:class:`~shared.deadletters.ReplaySender`: it locks a dead letter by sequence number
+:class:`LocalDeadLetters` is both the :class:`~shared.deadletters.ports.DeadLetterStore` and the
+:class:`~shared.deadletters.ports.ReplaySender`: it locks a dead letter by sequence number
 (``LocalQueues.lock_dead_letter``), sends the replay with ``LocalQueues.send`` (duplicate
 detection included) and completes the dead letter only when told to.
 
-At the end, :func:`deadletter_ports` picks the adapter from settings until the composition
-root (``shared/bootstrap.py``) wires one into ``Services``.
+:func:`local_dead_letters` is what the composition root (``shared/bootstrap.py``) wires into
+``Services``; ``signalbox dlq`` opens the queues of a state dir with :func:`local_queues`.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from shared.adapters.local.queues import LocalQueues, OutboundMessage, ReceivedMessage
-from shared.deadletters import DeadLetter, DeadLetterStore, ReplayMessage, ReplaySender, replay_count_of
+from shared.deadletters.ports import DeadLetter, DeadLetterPorts, DeadLetterSessions, ReplayMessage, replay_count_of
 
 if TYPE_CHECKING:
     from shared.queues import QueueSpec
-    from shared.services import Services
-    from shared.settings import Settings
 
-__all__ = ["DeadLetterPorts", "LocalDeadLetters", "deadletter_ports", "local_queues", "ports_from_settings"]
+__all__ = ["LocalDeadLetters", "local_dead_letters", "local_queues", "queue_specs", "to_dead_letter"]
 
 QUEUES_FILE_SETTING = "SIGNALBOX_QUEUES_FILE"
 
@@ -122,14 +120,22 @@ class LocalDeadLetters:
         return token
 
 
-# -- until bootstrap wires it: the adapter from settings ------------------------------------------
+# -- wiring ------------------------------------------------------------------------------------------
 
 
-class DeadLetterPorts(NamedTuple):
-    """What the dead-letter operations need: the store and the sender of replays."""
+def local_dead_letters(queues: LocalQueues) -> DeadLetterSessions:
+    """The dead-letter sessions over ``queues``: a new :class:`LocalDeadLetters` (its own lock tokens) per
+    session, whose locks are given back when the session ends."""
 
-    store: DeadLetterStore
-    sender: ReplaySender
+    @contextmanager
+    def session() -> Iterator[DeadLetterPorts]:
+        adapter = LocalDeadLetters(queues)
+        try:
+            yield DeadLetterPorts(adapter, adapter)
+        finally:
+            adapter.release_all()
+
+    return session
 
 
 def queue_specs() -> dict[str, QueueSpec]:
@@ -145,35 +151,3 @@ def local_queues(state_dir: Path, *, must_exist: bool = False) -> LocalQueues:
     if must_exist and not path.exists():
         raise FileNotFoundError(f"no local queues at {path}: is the state dir right (--state-dir)?")
     return LocalQueues(path, specs=queue_specs())
-
-
-@contextmanager
-def ports_from_settings(settings: Settings) -> Iterator[DeadLetterPorts]:
-    """Dead-letter ports for one run, from ``SIGNALBOX_BUS``; closed at the end of the run.
-
-    To move into ``shared/bootstrap.py`` beside ``_bus`` (one composition root).
-    """
-    if settings.bus == "servicebus":
-        from shared.adapters.servicebus.deadletters import ServiceBusDeadLetters
-
-        cloud = ServiceBusDeadLetters(
-            fully_qualified_namespace=settings.servicebus_namespace or None,
-            connection_string=None if settings.servicebus_namespace else settings.servicebus_connection or None,
-        )
-        try:
-            yield DeadLetterPorts(cloud, cloud)
-        finally:
-            cloud.close()
-        return
-    local = LocalDeadLetters(local_queues(settings.state_dir))
-    yield DeadLetterPorts(local, local)
-
-
-def deadletter_ports(svc: Services) -> AbstractContextManager[DeadLetterPorts]:
-    """The ports for one run (a context manager): ``svc.dead_letters()`` once ``Services`` has it,
-    else built from the settings here.
-    """
-    factory: Callable[[], AbstractContextManager[DeadLetterPorts]] | None = getattr(svc, "dead_letters", None)
-    if factory is not None:
-        return factory()
-    return ports_from_settings(svc.settings)

@@ -8,16 +8,15 @@ so a handler cannot tell the two buses apart. SDK errors become :class:`Transien
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from shared.adapters.local.bus import application_properties
+from shared.adapters.servicebus.access import CONNECTION_SETTING, NAMESPACE_SETTING, ServiceBusAccess
 from shared.errors import PermanentError, TransientError
 
 if TYPE_CHECKING:
@@ -28,16 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["ServiceBusBus", "to_servicebus_message"]
 
 log = logging.getLogger("signalbox.servicebus")
-
-NAMESPACE_SETTING = "ServiceBusConnection__fullyQualifiedNamespace"
-CONNECTION_SETTING = "ServiceBusConnection"
-
-# Secrets that can appear in a connection string or in text an SDK echoes back.
-_SECRET_PATTERNS = (
-    re.compile(r"(SharedAccessKey\s*=\s*)[^;\s]+", re.IGNORECASE),
-    re.compile(r"(SharedAccessSignature\s*=?\s*)[^;\s]+", re.IGNORECASE),
-    re.compile(r"(\bsig=)[^&;\s]+", re.IGNORECASE),
-)
 
 
 def to_servicebus_message(envelope: Envelope, scheduled_at: datetime | None = None) -> ServiceBusMessage:
@@ -63,22 +52,6 @@ def _aware_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _connection_fields(connection_string: str) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for item in connection_string.split(";"):
-        key, sep, value = item.partition("=")
-        if sep:
-            fields[key.strip().lower()] = value.strip()
-    return fields
-
-
-def _host(value: str) -> str:
-    # Accept "sb://ns.servicebus.windows.net/" as well as the bare host the setting documents.
-    if "://" in value:
-        return urlsplit(value).hostname or value
-    return value.strip().rstrip("/")
-
-
 @dataclass
 class _Sender:
     sender: Any
@@ -86,66 +59,23 @@ class _Sender:
     closed: bool = False
 
 
-def servicebus_client(
-    namespace: str, connection_string: str | None, credential: Any, retry_total: int
-) -> tuple[Any, Any]:
-    """A ``ServiceBusClient`` from a connection string, or for the namespace with a credential
-    (``DefaultAzureCredential`` when none is given); returns it with the credential used."""
-    from azure.servicebus import ServiceBusClient
-
-    if connection_string:
-        return ServiceBusClient.from_connection_string(connection_string, retry_total=retry_total), None
-    if credential is None:
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
-    return ServiceBusClient(namespace, credential, retry_total=retry_total), credential
-
-
 class ServiceBusBus:
     """Sends commands to Azure Service Bus queues: one client per adapter, one sender per queue."""
 
     def __init__(
         self,
+        access: ServiceBusAccess,
         *,
-        fully_qualified_namespace: str | None = None,
-        connection_string: str | None = None,
-        credential: Any = None,
         client_factory: Callable[[], Any] | None = None,
         retry_total: int = 3,
     ) -> None:
-        """Connect by namespace (managed identity) or by connection string: exactly one of them.
+        """Send over ``access`` (the namespace and how to authenticate, chosen once in bootstrap).
 
         ``client_factory`` replaces the ``ServiceBusClient`` (tests); ``retry_total`` is the
         SDK's own retry count per operation, kept small because redelivery retries too.
         """
-        if bool(fully_qualified_namespace) == bool(connection_string):
-            raise ValueError(
-                f"Service Bus needs exactly one of {NAMESPACE_SETTING} (the namespace host, e.g. "
-                f"sb-signalbox.servicebus.windows.net, used with a managed identity) or {CONNECTION_SETTING} "
-                f"(a namespace connection string); got {'both' if fully_qualified_namespace else 'neither'}"
-            )
-        if connection_string and credential is not None:
-            raise ValueError(f"credential applies only with {NAMESPACE_SETTING}, not with {CONNECTION_SETTING}")
-        if connection_string:
-            fields = _connection_fields(connection_string)
-            endpoint = fields.get("endpoint", "")
-            if not endpoint:
-                raise ValueError(
-                    f"{CONNECTION_SETTING} is not a Service Bus connection string: expected "
-                    "Endpoint=sb://<namespace>.servicebus.windows.net/;SharedAccessKeyName=...;SharedAccessKey=..."
-                )
-            if fields.get("entitypath"):
-                # A queue-scoped string cannot reach the other queues the pipeline chains over.
-                raise ValueError(
-                    f"{CONNECTION_SETTING} is scoped to one queue (EntityPath={fields['entitypath']}): "
-                    "use a namespace-level connection string with Send rights"
-                )
-            self.namespace = _host(endpoint)
-        else:
-            self.namespace = _host(fully_qualified_namespace or "")
-        self._connection_string = connection_string or None
-        self._credential = credential
+        self._access = access
+        self.namespace = access.namespace
         self._client_factory = client_factory
         self._retry_total = retry_total
         self._lock = threading.Lock()
@@ -222,11 +152,8 @@ class ServiceBusBus:
             if self._client_factory is not None:
                 self._client = self._client_factory()
             else:
-                self._client, self._credential = servicebus_client(
-                    self.namespace, self._connection_string, self._credential, self._retry_total
-                )
-                how = "connection string" if self._connection_string else type(self._credential).__name__
-                log.info("Service Bus client for namespace %s (%s)", self.namespace, how)
+                self._client = self._access.client(retry_total=self._retry_total)
+                log.info("Service Bus client for namespace %s (%s)", self.namespace, self._access.how())
         return self._client
 
     def _sender(self, queue: str) -> _Sender:
@@ -324,14 +251,7 @@ class ServiceBusBus:
         return None
 
     def _redact(self, text: str) -> str:
-        if self._connection_string:
-            text = text.replace(self._connection_string, "<ServiceBusConnection>")
-            key = _connection_fields(self._connection_string).get("sharedaccesskey")
-            if key:
-                text = text.replace(key, "***")
-        for pattern in _SECRET_PATTERNS:
-            text = pattern.sub(r"\1***", text)
-        return text
+        return self._access.redact(text)
 
 
 def _keeps_link(exc: Exception) -> bool:

@@ -19,8 +19,9 @@ Service Bus does not record when a message was dead-lettered: ``dead_lettered_ti
 ``None``, and a ``since`` filter compares the enqueued time instead. Received application
 properties come back with ``bytes`` keys and string values; they are decoded to ``str``.
 
-One instance per run (``shared.adapters.local.deadletters.ports_from_settings`` builds it and
-closes it): its held locks belong to that run.
+One instance per run: :func:`servicebus_dead_letters` (wired by ``shared/bootstrap.py``) opens
+one per dead-letter session and closes it at the end, so its held locks belong to that run.
+The namespace and credential come from the one :class:`ServiceBusAccess` bootstrap built.
 """
 
 from __future__ import annotations
@@ -28,18 +29,23 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from shared.adapters.servicebus.bus import servicebus_client
-from shared.deadletters import DeadLetter, ReplayMessage, replay_count_of
+from shared.adapters.servicebus.access import ServiceBusAccess
+from shared.deadletters.ports import (
+    DeadLetter,
+    DeadLetterPorts,
+    DeadLetterSessions,
+    ReplayMessage,
+    replay_count_of,
+)
 
-__all__ = ["ServiceBusDeadLetters", "to_dead_letter"]
+__all__ = ["ServiceBusDeadLetters", "servicebus_dead_letters", "to_dead_letter"]
 
 log = logging.getLogger("signalbox.servicebus")
 
-NAMESPACE_SETTING = "ServiceBusConnection__fullyQualifiedNamespace"
-CONNECTION_SETTING = "ServiceBusConnection"
 _PEEK_PAGE = 250
 
 
@@ -92,10 +98,8 @@ class ServiceBusDeadLetters:
 
     def __init__(
         self,
+        access: ServiceBusAccess,
         *,
-        fully_qualified_namespace: str | None = None,
-        connection_string: str | None = None,
-        credential: Any = None,
         client_factory: Callable[[], Any] | None = None,
         queue_names: Sequence[str] | None = None,
         max_wait_time: float = 5.0,
@@ -103,18 +107,12 @@ class ServiceBusDeadLetters:
         max_lock_renewal_seconds: float = 900.0,
         retry_total: int = 3,
     ) -> None:
-        """Connect by namespace (managed identity) or connection string; ``client_factory`` replaces the client (tests).
+        """Connect over ``access``; ``client_factory`` replaces the ``ServiceBusClient`` (tests).
 
         ``max_wait_time`` is how long one receive waits for the dead-letter sub-queue to answer;
         an empty answer means "no further dead letter is available".
         """
-        if client_factory is None and bool(fully_qualified_namespace) == bool(connection_string):
-            raise ValueError(
-                f"dead letters on Service Bus need exactly one of {NAMESPACE_SETTING} or {CONNECTION_SETTING}"
-            )
-        self.fully_qualified_namespace = fully_qualified_namespace
-        self._connection_string = connection_string
-        self._credential = credential
+        self._access = access
         self._client_factory = client_factory
         self._names = list(queue_names) if queue_names is not None else None
         self.max_wait_time = max_wait_time
@@ -129,7 +127,7 @@ class ServiceBusDeadLetters:
         self._held: dict[str, dict[int, Any]] = {}
 
     def __repr__(self) -> str:
-        return f"ServiceBusDeadLetters(namespace={self.fully_qualified_namespace or '(connection string)'!r})"
+        return f"ServiceBusDeadLetters(namespace={self._access.namespace!r})"
 
     # -- DeadLetterStore -------------------------------------------------------------------
 
@@ -276,10 +274,20 @@ class ServiceBusDeadLetters:
                 if self._client_factory is not None:
                     self._client = self._client_factory()
                 else:
-                    self._client, self._credential = servicebus_client(
-                        str(self.fully_qualified_namespace),
-                        self._connection_string,
-                        self._credential,
-                        self._retry_total,
-                    )
+                    self._client = self._access.client(retry_total=self._retry_total)
             return self._client
+
+
+def servicebus_dead_letters(access: ServiceBusAccess, **options: Any) -> DeadLetterSessions:
+    """The dead-letter sessions over ``access``: a new :class:`ServiceBusDeadLetters` per session,
+    closed (its held locks abandoned) when the session ends. ``options`` go to its constructor."""
+
+    @contextmanager
+    def session() -> Iterator[DeadLetterPorts]:
+        adapter = ServiceBusDeadLetters(access, **options)
+        try:
+            yield DeadLetterPorts(adapter, adapter)
+        finally:
+            adapter.close()
+
+    return session
