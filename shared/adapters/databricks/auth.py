@@ -26,6 +26,7 @@ import logging
 import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from databricks.sdk import oauth
 from databricks.sdk.credentials_provider import (
@@ -34,7 +35,7 @@ from databricks.sdk.credentials_provider import (
     DefaultCredentials,
     OAuthCredentialsProvider,
 )
-from databricks.sdk.environments import ARM_DATABRICKS_RESOURCE_ID
+from databricks.sdk.environments import ARM_DATABRICKS_RESOURCE_ID, get_environment_for_hostname
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -66,14 +67,12 @@ def managed_identity_credential(client_id: str | None = None) -> TokenCredential
     return ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
 
 
-def databricks_scope(cfg: Config | None) -> str:
+def databricks_scope(host: str | None) -> str:
     """The Entra scope of the workspace's login application (the AzureDatabricks one by default)."""
     app_id = None
-    if cfg is not None and cfg.host:
-        try:
-            app_id = cfg.effective_azure_login_app_id
-        except Exception:  # an unparsable host: the public cloud's application
-            app_id = None
+    if host:
+        hostname = urlsplit(host if "://" in host else f"https://{host}").hostname
+        app_id = get_environment_for_hostname(hostname).azure_application_id
     return f"{app_id or ARM_DATABRICKS_RESOURCE_ID}/.default"
 
 
@@ -110,7 +109,7 @@ class ManagedIdentityStrategy(CredentialsStrategy):
     def __call__(self, cfg: Config) -> CredentialsProvider:
         """Headers for every request; a first token is fetched now so a missing identity fails here."""
         credential = self._credential or managed_identity_credential(self._client_id or cfg.azure_client_id)
-        inner = EntraTokenSource(credential, databricks_scope(cfg))
+        inner = EntraTokenSource(credential, databricks_scope(cfg.host))
         management: EntraTokenSource | None = None
         if cfg.azure_workspace_resource_id:
             endpoint = cfg.arm_environment.service_management_endpoint if cfg.arm_environment else None

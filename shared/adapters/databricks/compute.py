@@ -46,7 +46,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -161,6 +161,10 @@ def client_secrets(client: Any, *extra: str | None) -> tuple[str, ...]:
     """The secret values a client was configured with, to keep them out of error texts."""
     config = getattr(client, "config", None)
     values = [getattr(config, name, None) for name in _SECRET_ATTRIBUTES] if config is not None else []
+    if config is not None and getattr(config, "auth_type", None) == "azure-msi":
+        # The managed identity's current access token (cached: no request); none, nothing to hide.
+        with suppress(Exception):
+            values.append(config.oauth_token().access_token)
     return tuple(v for v in (*values, *extra) if isinstance(v, str) and v)
 
 
@@ -198,12 +202,27 @@ class LazyWorkspace:
         return self._given
 
     @property
-    def _secrets(self) -> tuple[str, ...]:
+    def _secrets(self) -> Iterable[str]:
+        # Read when an error is translated: the client (and a managed identity's token) may only
+        # exist by then, having been built inside the very block that failed.
+        return _Secrets(self)
+
+    def _current_secrets(self) -> tuple[str, ...]:
         return (
             client_secrets(self._given, self._token)
             if self._given is not None
             else tuple(v for v in (self._token,) if v)
         )
+
+
+class _Secrets:
+    """The secrets of a ``LazyWorkspace`` as they are when iterated."""
+
+    def __init__(self, workspace: LazyWorkspace) -> None:
+        self._workspace = workspace
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._workspace._current_secrets())
 
 
 def _scrub(text: str, secrets: Iterable[str]) -> str:

@@ -1,0 +1,84 @@
+"""MLflow's ``databricks`` / ``databricks-uc`` URIs signed in with the Azure managed identity.
+
+MLflow resolves Databricks credentials in ``mlflow.utils.databricks_utils.get_databricks_host_creds``,
+which every Databricks store and artifact repository calls before each request (the tracking
+``RestStore``, the workspace registry, ``UcModelRegistryStore``, the models artifact repositories).
+It first tries databricks-sdk's default chain (no managed identity there, see ``auth``), then its
+chain of ``DatabricksConfigProvider`` s: environment variables, then the *dynamic token provider*
+(``databricks_utils._dynamic_token_config_provider``, the slot Databricks runtimes fill with a
+provider that returns the current token on every call), then ``~/.databrickscfg``.
+
+``install_managed_identity`` puts a provider in that slot that returns ``DATABRICKS_HOST`` and an
+Entra token of the managed identity (``auth.EntraTokenSource``: cached, renewed before expiry), so
+MLflow sends ``Authorization: Bearer <token>`` through its own request code. It also sets
+``MLFLOW_ENABLE_DB_SDK=false`` unless the app settings set it, so MLflow does not first build an SDK
+client that cannot sign in (a host-metadata request and a warning before every call).
+
+It applies to the plain ``databricks`` and ``databricks-uc`` URIs (``databricks://PROFILE`` reads
+that profile) and only when ``DATABRICKS_TOKEN`` is unset: a token in the environment wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from shared.adapters.databricks.auth import EntraTokenSource, databricks_scope, managed_identity_credential
+from shared.errors import PermanentError, TransientError
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+__all__ = ["install_managed_identity"]
+
+log = logging.getLogger("signalbox.databricks.auth")
+
+_SLOT = "_dynamic_token_config_provider"
+
+
+def install_managed_identity(
+    host: str | None = None, credential: TokenCredential | None = None, *, client_id: str | None = None
+) -> Any:
+    """Make MLflow's Databricks URIs sign in with the managed identity; returns the provider installed.
+
+    ``host`` defaults to ``DATABRICKS_HOST``; ``credential`` to ``ManagedIdentityCredential`` with
+    ``client_id`` (default ``AZURE_CLIENT_ID``). No token is fetched until MLflow asks for one.
+    """
+    from mlflow.legacy_databricks_cli.configure.provider import DatabricksConfig, DatabricksConfigProvider
+    from mlflow.utils import databricks_utils
+
+    workspace = (host or os.environ.get("DATABRICKS_HOST") or "").strip().rstrip("/")
+    if not workspace:
+        raise PermanentError("MLflow on Databricks needs DATABRICKS_HOST (https://adb-….azuredatabricks.net)")
+    if not workspace.startswith(("https://", "http://")):
+        workspace = f"https://{workspace}"
+    if not hasattr(databricks_utils, _SLOT):
+        raise PermanentError(
+            "this MLflow version has no dynamic Databricks token provider; set DATABRICKS_TOKEN instead"
+        )
+    source = EntraTokenSource(credential or managed_identity_credential(client_id), databricks_scope(workspace))
+
+    class ManagedIdentityConfigProvider(DatabricksConfigProvider):
+        """The workspace host and a current managed-identity token, on every call."""
+
+        def get_config(self) -> Any:
+            from azure.identity import CredentialUnavailableError
+
+            try:
+                token = source.token().access_token
+            except CredentialUnavailableError as exc:
+                raise PermanentError(
+                    f"MLflow on Databricks: no Azure managed identity here ({exc}); set DATABRICKS_TOKEN, "
+                    "or run where the app's identity (AZURE_CLIENT_ID) is assigned"
+                ) from None
+            except Exception as exc:  # the identity endpoint failed this time
+                reason = f"{type(exc).__name__}: {exc}"
+                raise TransientError(f"MLflow on Databricks: no managed identity token: {reason}") from exc
+            return DatabricksConfig.from_token(host=workspace, token=token)
+
+    provider = ManagedIdentityConfigProvider()
+    setattr(databricks_utils, _SLOT, provider)
+    os.environ.setdefault("MLFLOW_ENABLE_DB_SDK", "false")
+    log.info("MLflow signs in to Databricks %s with the Azure managed identity", workspace)
+    return provider
