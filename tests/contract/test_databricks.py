@@ -25,7 +25,14 @@ import pytest
 
 from shared import domain, handlers
 from shared.adapters.databricks.compute import DatabricksCompute, retry_key
-from shared.adapters.databricks.serving import DatabricksServing, served_entity_name
+from shared.adapters.databricks.serving import (
+    DatabricksServing,
+    EntitySizing,
+    check_endpoint_name,
+    served_entity_name,
+    sizing_from_catalogue,
+)
+from shared.catalogue import load_catalogue
 from shared.contracts import DeployVersion, Envelope
 from shared.errors import PermanentError, TransientError
 from shared.ports import Deployment, JobRequest, ScoringFrame
@@ -741,6 +748,86 @@ def test_start_with_a_registry_prefix_serves_the_unity_catalog_model(fake: FakeD
     assert served["entity_name"] == f"main.ml.{MODEL}" and served["name"] == f"{MODEL}-2"
     assert served["workload_type"] == "CPU"
     assert deployment.slot == f"{MODEL}-2"
+
+
+def test_new_served_entities_get_their_endpoints_sizing_from_the_catalogue(fake: FakeDatabricks, tmp_path: Path):
+    catalogue = tmp_path / "catalogue.toml"
+    catalogue.write_text(
+        (REPO / "catalogue.toml")
+        .read_text()
+        .replace('workload_size = "Small"', 'workload_size = "Large"')
+        .replace("scale_to_zero_enabled = true", "scale_to_zero_enabled = false")
+    )
+    sizing = sizing_from_catalogue(load_catalogue(catalogue))
+    assert sizing == {"iris": EntitySizing("Large", False)}  # batch models have no served entity
+    serving = DatabricksServing(host=fake.url, token=TOKEN, sizing=sizing)
+    fake.reply("GET", GET_ENDPOINT, NOT_FOUND)
+    fake.reply("POST", ENDPOINTS, (200, endpoint(None, update="IN_PROGRESS", pending=[])))
+    serving.start(ENDPOINT, MODEL, "1")
+    created = fake.sent("POST", ENDPOINTS)[0].body["config"]["served_entities"][0]
+    assert (created["workload_size"], created["scale_to_zero_enabled"]) == ("Large", False)
+
+    # Beside an entity already serving: that one goes back as it is, the new one gets the endpoint's sizing.
+    fake.reply("GET", GET_ENDPOINT, (200, endpoint([entity("1")], {f"{MODEL}-1": 100})))
+    fake.reply("PUT", CONFIG, (200, endpoint([entity("1")], update="IN_PROGRESS")))
+    serving.start(ENDPOINT, MODEL, "2")
+    (update,) = fake.sent("PUT", CONFIG)
+    assert update.body["served_entities"] == [
+        as_input("1"),
+        {**as_input("2"), "workload_size": "Large", "scale_to_zero_enabled": False},
+    ]
+    # An endpoint the catalogue does not size keeps today's defaults.
+    assert DatabricksServing(host=fake.url, token=TOKEN, sizing=sizing)._new_entity(
+        "other", "m-1", "m", "1"
+    ).as_dict() == {
+        "name": "m-1",
+        "entity_name": "m",
+        "entity_version": "1",
+        "workload_size": "Small",
+        "scale_to_zero_enabled": True,
+    }
+
+
+def test_two_models_sizing_one_endpoint_differently_are_refused(tmp_path: Path):
+    text = (REPO / "catalogue.toml").read_text()
+    copy = (
+        text[text.index("[models.iris-classifier]") : text.index("# A batch model")]
+        .replace("iris-classifier", "iris-twin")
+        .replace('prefix = "iris/"', 'prefix = "twin/"')
+        .replace('workload_size = "Small"', 'workload_size = "Medium"')
+    )
+    catalogue = tmp_path / "catalogue.toml"
+    catalogue.write_text(text.replace("signalbox/examples", str(REPO / "signalbox/examples")) + "\n" + copy)
+    with pytest.raises(PermanentError, match="serving endpoint iris: models of the catalogue give it different"):
+        sizing_from_catalogue(load_catalogue(catalogue))
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("a" * 64, "is 64 characters; Databricks allows at most 63"),
+        ("iris.prod", "letters, digits, '-' and '_' only"),
+        ("iris prod", "letters, digits, '-' and '_' only"),
+        ("-iris", "starting with a letter or digit"),
+        ("iris/../../api", "letters, digits"),
+        ("", "is empty"),
+    ],
+)
+def test_an_endpoint_name_databricks_refuses_is_a_permanent_error_before_any_request(
+    fake: FakeDatabricks, serving: DatabricksServing, name: str, problem: str
+):
+    with pytest.raises(PermanentError, match=re.escape(problem)):
+        serving.current(name)
+    with pytest.raises(PermanentError, match=re.escape(problem)):
+        serving.start(name, MODEL, "1")
+    assert fake.api_calls() == []
+
+
+def test_endpoint_names_databricks_accepts_pass(fake: FakeDatabricks, serving: DatabricksServing):
+    for name in ("a" * 63, "Iris_Prod-2", "9lives"):
+        assert check_endpoint_name(name) == name
+    fake.reply("GET", f"{ENDPOINTS}/{'a' * 63}", NOT_FOUND)
+    assert serving.current("a" * 63) is None
 
 
 def test_start_beside_a_serving_version_adds_it_with_no_traffic(fake: FakeDatabricks, serving: DatabricksServing):
