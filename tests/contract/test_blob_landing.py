@@ -7,6 +7,7 @@ answer), and 403s and token failures from Azurite itself over HTTPS with OAuth o
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import time
@@ -18,14 +19,17 @@ from typing import Any
 
 import pytest
 from azure.core.credentials import AccessToken, AzureNamedKeyCredential
-from azure.core.exceptions import ClientAuthenticationError
+from azure.core.exceptions import ClientAuthenticationError, ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
+from shared import handlers
 from shared.adapters.azure.landing import BlobLandingZone
 from shared.adapters.local.landing import LocalLandingZone, oldest
 from shared.errors import TransientError
+from shared.events import BlobCreated
 from shared.ports import LandedFile
 from tests.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, FaultProxy, free_port
+from tests.fakes import services
 from tests.tls import self_signed_certificate
 
 KEY = AzureNamedKeyCredential(ACCOUNT, ACCOUNT_KEY)
@@ -143,6 +147,29 @@ def test_a_403_from_the_account_is_transient_not_a_refusal(azurite):
     wrong = AzureNamedKeyCredential(ACCOUNT, base64.b64encode(b"not the account key").decode())
     with pytest.raises(TransientError, match=r"answered 403 AuthorizationFailure .*role assignment"):
         BlobLandingZone(wrong).size(f"{azurite.url}/{name}/iris/a.csv")
+
+
+def test_land_blob_fails_for_event_grid_to_redeliver_and_refuses_nothing(azurite, proxy):
+    container = BlobServiceClient(azurite.url, credential=KEY).get_container_client("landing")
+    with contextlib.suppress(ResourceExistsError):  # the catalogue's iris-classifier lands in landing/iris/
+        container.create_container()
+    path = f"iris/batch-{uuid.uuid4().hex[:8]}.csv"
+    container.upload_blob(path, b"a,b\n1,2\n")
+    svc = services()
+    svc.landing = BlobLandingZone(KEY)
+    url = via(proxy, f"{azurite.url}/landing/{path}")
+    blob = BlobCreated("evt-1", url, ACCOUNT, "landing", path, 8, "text/csv", None, "PutBlob")
+    proxy.faults("503", "503", "503")
+    with pytest.raises(TransientError):
+        handlers.land_blob(blob, svc)
+    assert svc.events.published == [] and svc.bus.sent == []  # nothing refused, nothing sent
+    assert handlers.land_blob(blob, svc) == "train"  # Event Grid's redelivery, once the account answers
+    assert [event_type for event_type, _, _ in svc.events.published] == ["DataLanded"]
+    gone = BlobCreated(
+        "evt-2", url.replace(path, "iris/gone.csv"), ACCOUNT, "landing", "iris/gone.csv", 8, None, None, None
+    )
+    assert handlers.land_blob(gone, svc) == "refused"  # a blob that is not there is refused at once
+    assert "BlobNotFound" in str(svc.events.published[-1][2]["reason"])
 
 
 # -- size over HTTPS with a token, as the managed identity reads it ---------------------------
