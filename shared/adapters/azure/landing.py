@@ -9,8 +9,9 @@ on ``TransientError`` (500: Event Grid redelivers with backoff for 24 h, then de
 - Everything else → ``TransientError``: 429 and 503 throttling, other 5xx, timeouts and refused
   connections, a token the credential could not get, and 401/403 too. A new role assignment takes
   minutes to reach the data plane, and a refusal would drop the data for good; a 403 that never heals
-  ends in Event Grid's dead-letter container, where an operator sees it, after 24 h of retries.
-  Other 4xx (400, 409, 412) mean a request or configuration to fix, not bad data: the same rule.
+  ends, after Event Grid's last try (30 attempts or 24 h, infra/modules/subscriptions.bicep), in its
+  dead-letter container, where an operator sees it. Other 4xx (400, 409, 412) and a credential with
+  nothing to sign in with mean a request or configuration to fix, not bad data: the same rule.
 
 The SDK's own retries are bounded so one delivery stays under Event Grid's 30 s: at most
 ``retry_total + 1`` attempts, each at most ``connection_timeout + read_timeout`` seconds, with
