@@ -201,13 +201,14 @@ class TimerRunner:
 
     def fire(self, *, past_due: bool = False) -> None:
         """Invoke the function once now."""
-        from azure.functions.timer import TimerRequest
+        from azure.functions.timer import TimerRequestConverter
 
         started = time.monotonic()
         log.info("Executing 'Functions.%s' (Reason='Timer fired at %s')", self.function.name, datetime.now(UTC))
         status = "Succeeded"
         try:
-            self.function.call(**{self.function.trigger_arg: TimerRequest(past_due=past_due)})
+            bound = TimerRequestConverter.decode(timer_input(past_due=past_due), trigger_metadata={})
+            self.function.call(**{self.function.trigger_arg: bound})
         except Exception as exc:
             status = "Failed"
             log.error("Executed 'Functions.%s' (Failed): %s", self.function.name, _describe_error(exc))
@@ -309,6 +310,16 @@ def service_bus_input(message: ReceivedMessage, function_name: str) -> tuple[Dat
     except UnicodeDecodeError:
         body = Datum(message.body, "bytes")
     return body, metadata
+
+
+def timer_input(*, past_due: bool) -> Datum:
+    """The data the host sends the worker for a timer: the TimerInfo, Json.NET-serialised.
+
+    Without a schedule monitor (the local host keeps none) ``ScheduleStatus`` is null.
+    """
+    from azure.functions.meta import Datum
+
+    return Datum(_json({"Schedule": {"AdjustForDST": True}, "ScheduleStatus": None, "IsPastDue": past_due}), "json")
 
 
 def _sys_metadata(function_name: str) -> Datum:

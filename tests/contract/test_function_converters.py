@@ -25,13 +25,14 @@ import pytest
 import requests
 from azure.functions.eventgrid import EventGridEventInConverter
 from azure.functions.servicebus import ServiceBusMessageInConverter
+from azure.functions.timer import TimerRequestConverter
 
 from shared import runtime
 from shared.adapters.local.queues import LocalQueues, OutboundMessage
 from shared.events import DRIFT_ALERT_TYPE, DriftAlert, InboundEvent, interpret
 from shared.queues import load_queue_specs
 from signalbox.localhost.eventgrid import parse_delivery
-from signalbox.localhost.triggers import _dotnet_time, event_grid_input, service_bus_input
+from signalbox.localhost.triggers import _dotnet_time, event_grid_input, service_bus_input, timer_input
 from tests.hosting import REPO, start_host
 
 FIXTURES = REPO / "tests" / "fixtures" / "events"
@@ -331,6 +332,20 @@ def test_a_body_that_is_not_utf8_is_bound_as_bytes(queues: LocalQueues) -> None:
 )
 def test_times_are_written_as_json_net_writes_them(value: datetime, offset: bool, text: str) -> None:
     assert _dotnet_time(value, offset=offset) == text
+
+
+# -- timers ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("past_due", [True, False])
+def test_a_timer_binds_from_the_serialised_timer_info(past_due: bool) -> None:
+    data = timer_input(past_due=past_due)
+
+    bound = TimerRequestConverter.decode(data, trigger_metadata={})
+
+    assert data.type == "json" and json.loads(data.value)["IsPastDue"] is past_due
+    assert isinstance(bound, func.TimerRequest)
+    assert (bound.past_due, bound.schedule, bound.schedule_status) == (past_due, {"AdjustForDST": True}, {})
 
 
 # -- through a running local host ------------------------------------------------------------------------
