@@ -472,3 +472,39 @@ def databricks_env(monkeypatch: Any, server: DatabricksRest) -> None:
     monkeypatch.setenv("DATABRICKS_TOKEN", server.token)
     # No ~/.databrickscfg of the machine may supply another host or credential.
     monkeypatch.setenv("DATABRICKS_CONFIG_FILE", "/nonexistent/databrickscfg")
+
+
+# -- the lifecycle through the handlers, over a registry adapter ------------------------------------
+
+
+def catalogue_for(model: str, folder: Path) -> Path:
+    """The repository catalogue's iris-classifier entry under another name (UC names have dots)."""
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "catalogue.toml").read_text(encoding="utf-8")
+    sections = re.split(r"(?m)^(?=\[)", text)
+    kept = [s for s in sections if s.startswith("[models.iris-classifier")]
+    entry = "".join(kept).replace("[models.iris-classifier", f'[models."{model}"')
+    dataset = (repo / "signalbox/examples/iris/evaluation.csv").as_posix()
+    entry = re.sub(r'(?m)^dataset = ".*"$', f'dataset = "{dataset}"', entry)
+    path = folder / "catalogue.toml"
+    path.write_text(entry, encoding="utf-8")
+    return path
+
+
+def lifecycle_step(svc: Any, model: str, version: str, environment: str = "dev") -> list[str]:
+    """Announce a version and run every command it leads to through its handler, as the pipeline does."""
+    from datetime import UTC, datetime
+
+    from shared import handlers
+    from shared.contracts import Envelope, EvaluateVersion
+
+    dispatch = {"evaluate": handlers.evaluate, "promote": handlers.promote, "deploy": handlers.deploy}
+    command = EvaluateVersion(model_name=model, version=version)
+    svc.bus.send(
+        Envelope.start(command, cause=f"test:{model}:{version}", environment=environment, now=datetime.now(UTC))
+    )
+    outcomes = []
+    while svc.bus.sent:
+        envelope, _ = svc.bus.sent.pop(0)
+        outcomes.append(f"{envelope.command.kind}:{dispatch[envelope.command.kind](envelope, svc)}")
+    return outcomes

@@ -3,6 +3,11 @@
 The dataset is a CSV with the model's input columns and the truth in ``target``. Metrics:
 ``accuracy``, ``f1_macro``, ``precision_macro``, ``recall_macro`` (classification) and
 ``rmse``, ``mae``, ``r2`` (regression).
+
+On Unity Catalog a version's files sit in storage only UC's temporary credentials can read: they
+are downloaded through ``models:/NAME/VERSION`` under the UC registry URI, so MLflow's UC artifact
+repository asks for those credentials. Elsewhere the version's download URI is read directly.
+MLflow failures surface as Signalbox errors (``shared.adapters.mlflow.client.translate``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
+
+from shared.adapters.mlflow.client import bound_http_defaults, translate
 
 if TYPE_CHECKING:
     import numpy as np
@@ -84,11 +91,16 @@ class MlflowEvaluator:
     """Loads ``models:/NAME/VERSION`` as pyfunc (once per version) and scores it on a CSV."""
 
     def __init__(self, tracking_uri: str, registry_uri: str | None = None, data_root: Path | None = None) -> None:
+        bound_http_defaults()  # before the first request: MLflow reads them per request
         self._tracking_uri = tracking_uri
         # MLflow draws a terminal progress bar per download: noise in a function's log stream.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        # MLflow's own fallback is a ./mlflow.db in the working directory, never what is meant.
-        self._registry_uri = registry_uri or tracking_uri
+        # The registry MLflow resolves for these URIs, as the registry adapter's client does (a
+        # "databricks" tracking URI alone means Unity Catalog in MLflow 3), fixed now so a later
+        # mlflow.set_registry_uri elsewhere in the process cannot move it.
+        from mlflow import MlflowClient
+
+        self._registry_uri: str = str(MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)._registry_uri)
         self._data_root = data_root
         # The champion is scored again for every challenger; a challenger mostly once: keep the
         # most recently used few, so a long-running worker's memory does not grow per version.
@@ -145,7 +157,13 @@ class MlflowEvaluator:
             with self._lock:
                 model = self._models.get(key)
             if model is None:
-                local = self._download(key)
+                try:
+                    local = self._download(key)
+                except Exception as error:
+                    translated = translate(error, f"downloading {model_name} v{version} from MLflow")
+                    if translated is error:
+                        raise
+                    raise translated from error
                 import mlflow.pyfunc
 
                 with self._lock:
@@ -160,10 +178,22 @@ class MlflowEvaluator:
         model_name = key[0]
         import mlflow.artifacts
         from mlflow import MlflowClient
+        from mlflow.utils.uri import is_databricks_unity_catalog_uri
 
         # Resolved with explicit URIs: mlflow's models:/ resolution uses the process-wide
         # registry URI, which other adapters in this process may point elsewhere.
         client = MlflowClient(tracking_uri=self._tracking_uri, registry_uri=self._registry_uri)
+        if is_databricks_unity_catalog_uri(self._registry_uri):
+            # The download URI is a storage path needing UC's temporary credentials (a raw read gets
+            # 403): MLflow's UC artifact repository fetches them for a models:/ URI.
+            return str(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{model_name}/{key[1]}",
+                    dst_path=tempfile.mkdtemp(dir=self._downloads.name),
+                    tracking_uri=self._tracking_uri,
+                    registry_uri=self._registry_uri,
+                )
+            )
         source = client.get_model_version_download_uri(model_name, key[1])
         if source.startswith("models:/"):  # a logged model (MLflow 3): the tracking store knows where it lives
             source = client.get_logged_model(source.removeprefix("models:/")).artifact_location
