@@ -2,6 +2,8 @@
 
     python -m signalbox.chaos.workspace --port P --mlflow-url http://127.0.0.1:M [--fault-rate 0.2]
         [--stall-seconds 4] [--job-seconds 0.5] [--seed 7] [--job NAME ...] [--token T]
+        [--capacity-failure-rate 0.1] [--capacity-codes MAX_CONCURRENT_RUNS_EXCEEDED,CLOUD_FAILURE]
+        [--slow-update-rate 0.2] [--slow-update-seconds 5]
 
 One HTTP port (``Workspace.url``) serves three things, all state in memory behind one lock:
 
@@ -31,18 +33,35 @@ One HTTP port (``Workspace.url``) serves three things, all state in memory behin
 half the time *after* (done, but the answer is lost). The host-metadata probe
 ``/.well-known/databricks-config`` (best effort in the SDK) and ``/chaos/*`` are never faulted.
 
+**Degrades** (off by default, so the fault-injection run's claims hold as they were):
+
+- ``capacity_failure_rate``: that share of runs never train; they end, when they would have
+  started running, as Databricks ends a run it could not place: Jobs 2.2 ``status`` TERMINATED
+  with ``termination_details`` ``{code, type, message}``, one of ``capacity_codes`` drawn evenly:
+  ``MAX_CONCURRENT_RUNS_EXCEEDED`` (type ``CLIENT_ERROR``; deprecated ``state.life_cycle_state``
+  SKIPPED), ``WORKSPACE_RUN_LIMIT_EXCEEDED`` (likewise), ``CLOUD_FAILURE`` (type ``CLOUD_FAILURE``;
+  ``life_cycle_state`` INTERNAL_ERROR) or ``INTERNAL_ERROR`` (type ``INTERNAL_ERROR``; likewise).
+  Their idempotency token keeps naming the failed run: a relaunch needs another token.
+- ``slow_update_rate``: that share of config updates stays ``IN_PROGRESS`` for
+  ``slow_update_seconds`` instead of ``update_seconds``; as for every update, a ``PUT …/config``
+  meanwhile answers 409 ``RESOURCE_CONFLICT`` and the endpoint keeps serving its old config.
+
 **Introspection** (``/chaos/*``; ``Workspace.runs()`` etc. return the same documents in-process):
 
 - ``GET /chaos/runs``: a list, oldest first, of ``{run_id, job_id, idempotency_token, parameters,
   tags (the signalbox.* parameters), state (PENDING, RUNNING, TERMINATING, SUCCESS, FAILED,
-  CANCELED), model_name, model_version, mlflow_run_id, quality, error, created_at, ended_at}``
-  (epoch seconds); a run past its time that nobody has read since still says RUNNING.
+  CANCELED), model_name, model_version, mlflow_run_id, quality, error, termination_code (the
+  capacity failure's code, else null), created_at, ended_at}`` (epoch seconds); a run past its
+  time that nobody has read since still says RUNNING.
 - ``GET /chaos/run-now-calls``: ``{count: served, received: faulted ones too, launched: new runs}``.
 - ``GET /chaos/endpoints``: ``{endpoint: {routes: {entity: pct}, entities: {entity: {model,
   version, state, invocations}}, serving_version: the version at 100 % or null, config_update}}``,
   from the applied config.
 - ``GET /chaos/faults``: ``{rate, requests, total, by_kind: {kind: n}, by_target: {databricks|mlflow:
   {requests, faults, by_kind}}}``; ``POST /chaos/faults {"rate": r}`` sets the rate and answers it.
+- ``GET /chaos/degrades``: ``{capacity_failure_rate, capacity_failures: {code: n}, slow_update_rate,
+  updates, slow_updates}``; ``POST /chaos/degrades {"capacity_failure_rate": r, "slow_update_rate": r}``
+  sets either rate and answers the document.
 
 The seed fixes the random sequences; which request draws which fault still depends on thread
 timing, so a run is reproducible in distribution, not request by request.
@@ -72,11 +91,45 @@ from types import FrameType, TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["DEFAULT_JOB", "FAULT_KINDS", "SyntheticTrainer", "Workspace", "main", "quality_of"]
+__all__ = [
+    "CAPACITY_CODES",
+    "DEFAULT_CAPACITY_CODES",
+    "DEFAULT_JOB",
+    "FAULT_KINDS",
+    "SyntheticTrainer",
+    "Workspace",
+    "main",
+    "quality_of",
+]
 
 log = logging.getLogger("signalbox.chaos.workspace")
 
 DEFAULT_JOB = "chaos-train"
+# Run termination codes of capacity failures, as Jobs API 2.2 reports them: (type, deprecated
+# life_cycle_state, message).
+CAPACITY_CODES: dict[str, tuple[str, str, str]] = {
+    "MAX_CONCURRENT_RUNS_EXCEEDED": (
+        "CLIENT_ERROR",
+        "SKIPPED",
+        "Skipping this run because the limit of 1 maximum concurrent runs has been reached.",
+    ),
+    "WORKSPACE_RUN_LIMIT_EXCEEDED": (
+        "CLIENT_ERROR",
+        "SKIPPED",
+        "The workspace has reached the quota for the maximum number of concurrent active runs.",
+    ),
+    "CLOUD_FAILURE": (
+        "CLOUD_FAILURE",
+        "INTERNAL_ERROR",
+        "Cloud provider error: the compute could not be acquired (allocation failed in the region).",
+    ),
+    "INTERNAL_ERROR": (
+        "INTERNAL_ERROR",
+        "INTERNAL_ERROR",
+        "The run encountered an unexpected error in the Jobs service.",
+    ),
+}
+DEFAULT_CAPACITY_CODES = ("MAX_CONCURRENT_RUNS_EXCEEDED", "CLOUD_FAILURE")
 FAULT_KINDS = ("429", "500", "502", "503", "stall_before", "stall_after")
 _FAMILIES = (("429",), ("500", "502", "503"), ("stall_before", "stall_after"))
 TARGETS = ("databricks", "mlflow")
@@ -242,6 +295,7 @@ class _Run:
     model_version: str | None = None
     error: str | None = None
     ended_at: float | None = None
+    capacity: str | None = None  # the capacity failure this run ends with, drawn at launch
 
     @property
     def task_run_id(self) -> int:
@@ -294,8 +348,24 @@ class Workspace:
         token: str | None = None,
         trainer: SyntheticTrainer | None = None,
         workers: int = 4,
+        capacity_failure_rate: float = 0.0,
+        capacity_codes: Sequence[str] = DEFAULT_CAPACITY_CODES,
+        slow_update_rate: float = 0.0,
+        slow_update_seconds: float = 5.0,
     ) -> None:
         _check_rate(fault_rate)
+        _check_rate(capacity_failure_rate)
+        _check_rate(slow_update_rate)
+        unknown_codes = sorted(set(capacity_codes) - set(CAPACITY_CODES))
+        if unknown_codes or not capacity_codes:
+            raise ValueError(f"capacity codes must be some of {', '.join(CAPACITY_CODES)}, not {list(capacity_codes)}")
+        if slow_update_seconds < 0:
+            raise ValueError(f"slow_update_seconds must not be negative, not {slow_update_seconds}")
+        self.capacity_failure_rate = capacity_failure_rate
+        self.capacity_codes = tuple(dict.fromkeys(capacity_codes))
+        self.slow_update_rate = slow_update_rate
+        self.slow_update_seconds = slow_update_seconds
+        self._degraded: Counter[str] = Counter()
         self.mlflow_url = mlflow_url.rstrip("/")
         upstream = urlsplit(self.mlflow_url)
         if upstream.scheme != "http" or not upstream.hostname:
@@ -312,6 +382,8 @@ class Workspace:
         self._fault_rng = random.Random(seed)  # noqa: S311  # simulation, not cryptography
         self._quality_rng = random.Random(seed + 1)  # noqa: S311
         self._traffic_rng = random.Random(seed + 2)  # noqa: S311
+        self._capacity_rng = random.Random(seed + 3)  # noqa: S311
+        self._update_rng = random.Random(seed + 4)  # noqa: S311
         self._faults = _Faults(rate=fault_rate)
         unknown = sorted(set(fault_kinds) - set(FAULT_KINDS))
         if unknown or not fault_kinds:
@@ -380,6 +452,30 @@ class Workspace:
                 },
             }
 
+    def set_degrades(
+        self, *, capacity_failure_rate: float | None = None, slow_update_rate: float | None = None
+    ) -> None:
+        """Change the share of runs ending in a capacity failure, or of slow config updates."""
+        for rate in (capacity_failure_rate, slow_update_rate):
+            if rate is not None:
+                _check_rate(rate)
+        with self._lock:
+            if capacity_failure_rate is not None:
+                self.capacity_failure_rate = capacity_failure_rate
+            if slow_update_rate is not None:
+                self.slow_update_rate = slow_update_rate
+
+    def degrades(self) -> dict[str, Any]:
+        """Capacity failures drawn (by code) and config updates begun (slow ones too)."""
+        with self._lock:
+            return {
+                "capacity_failure_rate": self.capacity_failure_rate,
+                "capacity_failures": {code: self._degraded[code] for code in self.capacity_codes},
+                "slow_update_rate": self.slow_update_rate,
+                "updates": self._degraded["updates"],
+                "slow_updates": self._degraded["slow_updates"],
+            }
+
     def runs(self) -> list[dict[str, Any]]:
         """Every run launched, oldest first."""
         with self._lock:
@@ -398,6 +494,7 @@ class Workspace:
                     "mlflow_run_id": run.mlflow_run_id,
                     "quality": run.quality,
                     "error": run.error,
+                    "termination_code": run.capacity,
                     "created_at": run.created_at,
                     "ended_at": run.ended_at,
                 }
@@ -561,6 +658,9 @@ class Workspace:
                 parameters={str(k): str(v) for k, v in raw.items()},
                 created_at=time.time(),
             )
+            if self.capacity_failure_rate > 0 and self._capacity_rng.random() < self.capacity_failure_rate:
+                run.capacity = self._capacity_rng.choice(self.capacity_codes)
+                self._degraded[run.capacity] += 1
             self._next_run += 2  # the run and its one task run
             self._runs[run.run_id] = run
             self._by_task[run.task_run_id] = run.run_id
@@ -577,6 +677,11 @@ class Workspace:
         elapsed = time.time() - run.created_at
         if elapsed < self.job_seconds * 0.2:
             run.state = "PENDING"
+            return False
+        if run.capacity is not None:
+            # Never placed: it ends where it would have started running, without training.
+            run.state, run.error = "FAILED", CAPACITY_CODES[run.capacity][2]
+            run.ended_at = run.created_at + self.job_seconds * 0.2
             return False
         if elapsed < self.job_seconds or not train:
             run.state = "RUNNING"
@@ -613,7 +718,13 @@ class Workspace:
             "user_cancelled_or_timedout": False,
         }
         status: dict[str, Any] = {"state": lifecycle}
-        if run.state == "SUCCESS":
+        if run.capacity is not None and run.ended:
+            kind, legacy, message = CAPACITY_CODES[run.capacity]
+            state.update(life_cycle_state=legacy, state_message=message)
+            if legacy != "SKIPPED":
+                state["result_state"] = "FAILED"
+            status["termination_details"] = {"code": run.capacity, "type": kind, "message": message}
+        elif run.state == "SUCCESS":
             state["result_state"] = "SUCCESS"
             status["termination_details"] = {"code": "SUCCESS", "type": "SUCCESS", "message": ""}
         elif run.state == "FAILED":
@@ -721,8 +832,11 @@ class Workspace:
             "config_version": endpoint.config_version + 1,
             "start_time": _ms(now),
         }
-        endpoint.apply_at = now + self.update_seconds
+        slow = self.slow_update_rate > 0 and self._update_rng.random() < self.slow_update_rate
+        endpoint.apply_at = now + (self.slow_update_seconds if slow else self.update_seconds)
         endpoint.updated_at = now
+        self._degraded["updates"] += 1
+        self._degraded["slow_updates"] += int(slow)
         return None
 
     def _endpoint_document(self, endpoint: _Endpoint) -> dict[str, Any]:
@@ -857,6 +971,16 @@ class Workspace:
     def introspect(self, method: str, path: str, body: Any) -> Reply:
         """The ``/chaos/*`` documents."""
         what = path.removeprefix("/chaos/").strip("/")
+        if method == "POST" and what == "degrades":
+            given = body if isinstance(body, dict) else {}
+            try:
+                self.set_degrades(
+                    capacity_failure_rate=_float_or_none(given.get("capacity_failure_rate")),
+                    slow_update_rate=_float_or_none(given.get("slow_update_rate")),
+                )
+            except (TypeError, ValueError) as exc:
+                return _error(400, "INVALID_PARAMETER_VALUE", f"degrades: {exc}")
+            return _ok(self.degrades())
         if method == "POST" and what == "faults":
             rate = body.get("rate") if isinstance(body, dict) else None
             try:
@@ -869,6 +993,7 @@ class Workspace:
             "run-now-calls": self.run_now_calls,
             "endpoints": self.endpoints,
             "faults": self.faults,
+            "degrades": self.degrades,
         }
         if method != "GET" or what not in documents:
             return _error(404, "ENDPOINT_NOT_FOUND", f"No chaos document {method} {path}")
@@ -898,6 +1023,10 @@ class Workspace:
 def _check_rate(rate: float) -> None:
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"the fault rate must be between 0 and 1, not {rate}")
+
+
+def _float_or_none(value: object) -> float | None:
+    return None if value is None else float(str(value))
 
 
 def _int(value: object) -> int:
@@ -1057,6 +1186,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--job", action="append", dest="jobs", help=f"a job name (repeatable; default {DEFAULT_JOB})")
     parser.add_argument("--token", default=None, help="the only bearer token accepted (default: any)")
+    parser.add_argument("--capacity-failure-rate", type=float, default=0.0, help="share of runs never placed")
+    parser.add_argument(
+        "--capacity-codes",
+        default=",".join(DEFAULT_CAPACITY_CODES),
+        help=f"comma-separated, some of {','.join(CAPACITY_CODES)}",
+    )
+    parser.add_argument("--slow-update-rate", type=float, default=0.0, help="share of slow config updates")
+    parser.add_argument("--slow-update-seconds", type=float, default=5.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
@@ -1079,6 +1216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             jobs=args.jobs or (DEFAULT_JOB,),
             token=args.token,
+            capacity_failure_rate=args.capacity_failure_rate,
+            capacity_codes=[c.strip() for c in args.capacity_codes.split(",") if c.strip()],
+            slow_update_rate=args.slow_update_rate,
+            slow_update_seconds=args.slow_update_seconds,
         )
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -17,13 +17,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from shared.adapters.databricks.compute import DatabricksCompute
+from shared.adapters.databricks.compute import DatabricksCompute, retry_key
 from shared.adapters.databricks.serving import DatabricksServing
 from shared.adapters.mlflow.evaluator import MlflowEvaluator
 from shared.errors import PermanentError, TransientError
@@ -259,7 +260,10 @@ def test_blue_green_over_the_serving_api(workspace: Workspace):
     assert state["serving_version"] == green
     assert state["entities"][f"chaos-serve-{green}"]["invocations"] == 1
     stable = requests.post(
-        serving.endpoint_url("chaos-serve"), json=payload, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5
+        serving.endpoint_url("chaos-serve"),
+        json=payload.dataframe_split(),
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=5,
     )
     assert stable.json() == {"predictions": [2.0, 4.0, 6.0]}
 
@@ -320,6 +324,130 @@ def test_a_lost_request_launches_nothing_and_a_lost_answer_keeps_its_one_run(mlf
         workspace.set_fault_rate(0.0)
         again = compute.launch(job("0011", reference="1"))  # the redelivered command
         assert [str(r["run_id"]) for r in workspace.runs()] == [again]
+
+
+# -- degrades: capacity failures and slow config updates -----------------------------------------------
+
+
+def test_capacity_failures_are_retryable_and_a_relaunch_with_a_new_key_is_a_new_run(mlflow_server: MlflowServer):
+    with make_workspace(
+        mlflow_server, capacity_failure_rate=1.0, capacity_codes=["MAX_CONCURRENT_RUNS_EXCEEDED"]
+    ) as workspace:
+        compute = compute_for(workspace)
+        request = job("0030", quality=80, model="chaos-capacity")
+        first = compute.launch(request)
+        status = until_finished(compute, first)
+        assert status.state == "failed" and status.retryable
+        assert status.message is not None and status.message.startswith("MAX_CONCURRENT_RUNS_EXCEEDED: Skipping")
+        assert compute.launch(request) == first  # the same key names the failed run: nothing new
+
+        second = compute.launch(replace(request, idempotency_key=retry_key(request.idempotency_key or "", 1)))
+        assert second != first and until_finished(compute, second).retryable  # still no capacity
+
+        workspace.set_degrades(capacity_failure_rate=0.0)  # capacity comes back
+        third = compute.launch(replace(request, idempotency_key=retry_key(request.idempotency_key or "", 2)))
+        done = until_finished(compute, third)
+        assert done.state == "succeeded" and not done.retryable and done.outputs["model_version"] == "1"
+
+        runs = {str(r["run_id"]): r for r in workspace.runs()}
+        assert [runs[r]["termination_code"] for r in (first, second, third)] == [
+            "MAX_CONCURRENT_RUNS_EXCEEDED",
+            "MAX_CONCURRENT_RUNS_EXCEEDED",
+            None,
+        ]
+        assert runs[first]["model_version"] is None  # nothing trained, nothing registered
+        assert workspace.degrades()["capacity_failures"] == {"MAX_CONCURRENT_RUNS_EXCEEDED": 2}
+        raw = requests.get(
+            f"{workspace.url}/api/2.1/jobs/runs/get",
+            params={"run_id": first},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=5,
+        ).json()
+        assert raw["state"]["life_cycle_state"] == "SKIPPED"  # the deprecated shape agrees
+        assert raw["status"]["termination_details"]["type"] == "CLIENT_ERROR"
+
+
+def test_a_cloud_failure_reads_as_one_through_both_run_shapes(mlflow_server: MlflowServer):
+    with make_workspace(mlflow_server, capacity_failure_rate=1.0, capacity_codes=["CLOUD_FAILURE"]) as workspace:
+        compute = compute_for(workspace)
+        run_id = compute.launch(job("0031", model="chaos-capacity"))
+        status = until_finished(compute, run_id)
+        assert status.state == "failed" and status.retryable
+        assert status.message is not None and status.message.startswith("CLOUD_FAILURE:")
+        raw = requests.get(
+            f"{workspace.url}/api/2.2/jobs/runs/get",
+            params={"run_id": run_id},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=5,
+        ).json()
+        assert raw["status"]["termination_details"]["type"] == "CLOUD_FAILURE"
+        assert (raw["state"]["life_cycle_state"], raw["state"]["result_state"]) == ("INTERNAL_ERROR", "FAILED")
+
+
+def test_without_degrades_no_run_fails_for_capacity_and_updates_are_quick(workspace: Workspace):
+    compute = compute_for(workspace)
+    assert until_finished(compute, compute.launch(job("0032", model="chaos-capacity"))).state == "succeeded"
+    degrades = workspace.degrades()
+    assert degrades["capacity_failure_rate"] == 0.0 and sum(degrades["capacity_failures"].values()) == 0
+    assert degrades["slow_updates"] == 0
+
+
+def test_a_slow_update_keeps_the_old_entity_serving_refuses_changes_with_409_and_stop_waits(
+    mlflow_server: MlflowServer,
+):
+    with make_workspace(mlflow_server, update_seconds=0.05, slow_update_rate=1.0, slow_update_seconds=1.5) as workspace:
+        serving = serving_for(workspace)
+        blue = trained_version(workspace, "0033", quality=90, model="chaos-slow")
+        green = trained_version(workspace, "0034", quality=100, model="chaos-slow")
+        first = serving.start("chaos-slow", "chaos-slow", blue)
+        assert wait_ready(serving, first, timeout=5)
+        second = serving.start("chaos-slow", "chaos-slow", green)
+        assert wait_ready(serving, second, timeout=5)
+
+        serving.route("chaos-slow", second)
+        began = time.monotonic()
+        # The routing update is slow: the old entity still takes all traffic, and may not go yet.
+        with pytest.raises(TransientError, match="config update in progress and it routes traffic to"):
+            serving.stop(second)
+        with pytest.raises(TransientError, match=f"config update in progress; chaos-slow-{blue} is removed once"):
+            serving.stop(first)
+        state = workspace.endpoints()["chaos-slow"]
+        assert state["config_update"] == "IN_PROGRESS" and state["serving_version"] == blue
+        conflict = requests.put(
+            f"{workspace.url}/api/2.0/serving-endpoints/chaos-slow/config",
+            json={
+                "served_entities": [
+                    {"name": f"chaos-slow-{green}", "entity_name": "chaos-slow", "entity_version": green}
+                ]
+            },
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=5,
+        )
+        assert conflict.status_code == 409 and conflict.json()["error_code"] == "RESOURCE_CONFLICT"
+        assert time.monotonic() - began < 1.5, "the checks above must run while the update is in progress"
+
+        settle(workspace, "chaos-slow")
+        serving.stop(first)  # a later check: now it goes
+        settle(workspace, "chaos-slow")
+        state = workspace.endpoints()["chaos-slow"]
+        assert state["routes"] == {f"chaos-slow-{green}": 100} and list(state["entities"]) == [f"chaos-slow-{green}"]
+        degrades = workspace.degrades()
+        assert degrades["slow_updates"] == degrades["updates"] == 4  # create, add, route, remove
+
+
+def test_degrade_options_are_checked_and_settable_over_http(mlflow_server: MlflowServer):
+    with pytest.raises(ValueError, match="capacity codes must be some of"):
+        make_workspace(mlflow_server, capacity_codes=["OUT_OF_CHEESE"])
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        make_workspace(mlflow_server, slow_update_rate=1.5)
+    with make_workspace(mlflow_server) as workspace:
+        answer = requests.post(
+            f"{workspace.url}/chaos/degrades", json={"capacity_failure_rate": 0.5, "slow_update_rate": 0.25}, timeout=5
+        )
+        assert answer.status_code == 200
+        assert (answer.json()["capacity_failure_rate"], answer.json()["slow_update_rate"]) == (0.5, 0.25)
+        refused = requests.post(f"{workspace.url}/chaos/degrades", json={"slow_update_rate": 7}, timeout=5)
+        assert refused.status_code == 400 and workspace.degrades()["slow_update_rate"] == 0.25
 
 
 def test_the_mlflow_proxy_forwards_intact_and_fails_as_told(mlflow_server: MlflowServer, tmp_path: Path):
