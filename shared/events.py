@@ -16,7 +16,9 @@ Signalbox's own CloudEvent: ``io.signalbox.drift.detected``
 A drift monitor tells Signalbox that a model's inputs or predictions drifted by publishing this CloudEvent
 (CloudEvents 1.0, JSON) to the Event Grid topic Signalbox subscribes to. ``source`` is any URI naming the
 monitor. ``data.model_name`` is required; ``metric``, ``score`` and ``threshold`` are optional and only
-reported. The same event in Event Grid schema (``eventType`` = the same type) is accepted too. Example::
+reported. The same event in Event Grid schema (``eventType`` = the same type) is accepted too. ``time``, when
+present, must be UTC ("Z" or "+00:00") or carry no offset: the azure-functions converter fails the
+invocation on any other offset, before Signalbox sees the event (Event Grid then retries it). Example::
 
     {
       "specversion": "1.0",
