@@ -29,7 +29,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,17 +45,12 @@ import requests
 from shared.domain import DECISION, read_record
 from signalbox.chaos.options import ChaosConfig, build_parser, config_from
 from signalbox.client import blob_created_event
+from signalbox.localhost.process import HostProcess, free_port
 
 QUEUES = ("train", "poll-run", "evaluate", "promote", "deploy")
 
 
 CLIENT_TIMEOUT = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- the pieces ---------------------------------------------------------------------------------
@@ -105,83 +99,13 @@ def model_name(index: int) -> str:
 
 
 @dataclass
-class Host:
-    """``signalbox host`` as a child process that can be killed with SIGKILL and started again."""
-
-    state_dir: Path
-    env: dict[str, str]
-    port: int = field(default_factory=_free_port)
-    process: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-    log: Path | None = None
-
-    @property
-    def url(self) -> str:
-        """Where the host listens."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 90) -> float:
-        """Start the host and wait until it answers; returns the seconds it took."""
-        began = time.monotonic()
-        self.starts += 1
-        self.log = self.state_dir / f"host-{self.starts}.log"
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "signalbox.cli",
-                    "host",
-                    "--port",
-                    str(self.port),
-                    "--state-dir",
-                    str(self.state_dir),
-                ],
-                cwd=Path(__file__).resolve().parents[2],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = began + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the host exited with {self.process.returncode}; see {self.log}")
-            try:
-                keys = json.loads((self.state_dir / "host-keys.json").read_text(encoding="utf-8"))
-                answer = requests.get(
-                    f"{self.url}/admin/host/status", headers={"x-functions-key": keys["masterKey"]}, timeout=2
-                )
-                if answer.status_code == 200:
-                    return time.monotonic() - began
-            except (OSError, ValueError, KeyError, requests.RequestException):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the host did not answer within {timeout} s; see {self.log}")
-
-    def kill(self) -> None:
-        """``kill -9``: no chance to finish, complete or abandon anything."""
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        """Stop it politely (the end of the run)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-@dataclass
 class Workspace:
     """The fault-injecting fake Databricks workspace (and MLflow proxy), as a child process."""
 
     mlflow_url: str
     config: ChaosConfig
     log: Path
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -265,7 +189,7 @@ class Lifecycle:
 class EventGrid:
     """Delivers each event (and its duplicates) at its time, retrying until the host answers 200."""
 
-    def __init__(self, host: Host, state_dir: Path, workers: int = 12) -> None:
+    def __init__(self, host: HostProcess, state_dir: Path, workers: int = 12) -> None:
         self.host = host
         self.state_dir = state_dir
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eventgrid")
@@ -481,7 +405,7 @@ def run_chaos(config: ChaosConfig, out: TextIO = sys.stdout) -> int:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     mlflow = MlflowServer(root / "mlflow")
     workspace: Workspace | None = None
-    host: Host | None = None
+    host: HostProcess | None = None
     sampler: Sampler | None = None
     try:
         mlflow.start()
@@ -489,8 +413,8 @@ def run_chaos(config: ChaosConfig, out: TextIO = sys.stdout) -> int:
         workspace.start()
         catalogue = write_catalogue(root, config.models)
         queues = write_queues(root)
-        host = Host(state_dir, host_environment(config, state_dir, catalogue, queues, workspace.url))
-        host.start()
+        host = HostProcess(state_dir, env=host_environment(config, state_dir, catalogue, queues, workspace.url))
+        host.start(timeout=90)
         sampler = Sampler(mlflow.url)
         threading.Thread(target=sampler.run, name="sampler", daemon=True).start()
         lifecycles = _lifecycles(config, state_dir / "landing")
@@ -517,7 +441,7 @@ def run_chaos(config: ChaosConfig, out: TextIO = sys.stdout) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _drive(config: ChaosConfig, host: Host, lifecycles: list[Lifecycle], began: float, out: TextIO) -> Report:
+def _drive(config: ChaosConfig, host: HostProcess, lifecycles: list[Lifecycle], began: float, out: TextIO) -> Report:
     """Feed the events, kill the host now and then, and wait until every queue is empty."""
     rng = random.Random(config.seed + 1)  # noqa: S311 - a reproducible run, not a secret
     grid = EventGrid(host, host.state_dir)
@@ -543,7 +467,7 @@ def _drive(config: ChaosConfig, host: Host, lifecycles: list[Lifecycle], began: 
         host.kill()
         print(f"  kill -9 at {time.monotonic() - began:.0f} s", file=out, flush=True)
         time.sleep(rng.uniform(0.2, 2.0))
-        restarts.append(host.start())
+        restarts.append(host.restart(timeout=90))
     for future in futures:
         future.result()
     grid.pool.shutdown()
@@ -556,8 +480,8 @@ def _drive(config: ChaosConfig, host: Host, lifecycles: list[Lifecycle], began: 
         if time.monotonic() - began > config.deadline:
             raise TimeoutError(f"the queues were not empty after the {config.deadline:.0f} s deadline: {counts}")
         time.sleep(1.0)
-        if host.process is None or host.process.poll() is not None:
-            raise RuntimeError(f"the host died on its own; see {host.log}")
+        if not host.running:
+            raise RuntimeError(f"the host died on its own; see {host.log_path}")
         settled, counts = _settled(host.state_dir)
         quiet = quiet + 1 if settled else 0
     drained = time.monotonic()
@@ -581,7 +505,7 @@ def _drive(config: ChaosConfig, host: Host, lifecycles: list[Lifecycle], began: 
 def _check(
     config: ChaosConfig,
     report: Report,
-    host: Host,
+    host: HostProcess,
     workspace: Workspace,
     sampler: Sampler,
     lifecycles: list[Lifecycle],

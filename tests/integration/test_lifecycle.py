@@ -42,7 +42,8 @@ import pytest
 import requests
 
 from signalbox.examples.iris.data import FEATURES, TARGET, BatchKind, training_frame, write_batch
-from tests.hosting import REPO, free_port
+from signalbox.localhost.process import HostProcess
+from tests.hosting import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -484,42 +485,23 @@ def _stop(stack: Stack) -> tuple[list[str], list[str]]:
 def running_stack(state: Path, app: str | None = None, catalogue: Path | None = None) -> Iterator[Stack]:
     """``signalbox host --with-mlflow`` in STATE, driven from outside; every process it started is gone after."""
     state.mkdir()
-    log_path = state.parent / "host.log"
-    port = free_port()
-    app_args = ["--app", app] if app else []
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "signalbox.cli",
-                "host",
-                "--with-mlflow",
-                *app_args,
-                "--port",
-                str(port),
-                "--state-dir",
-                str(state),
-            ],
-            cwd=REPO,
-            env={**_clean_env(), **({"SIGNALBOX_CATALOGUE": str(catalogue)} if catalogue else {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    stack = Stack(process=process, url=f"http://127.0.0.1:{port}", state=state, log_path=log_path)
+    app_args = ("--app", app) if app else ()
+    host = HostProcess(
+        state,
+        args=("--with-mlflow", *app_args),
+        env={**_clean_env(), **({"SIGNALBOX_CATALOGUE": str(catalogue)} if catalogue else {})},
+        log_dir=state.parent,
+        new_session=True,
+    )
+    process = host.launch()
+    stack = Stack(process=process, url=host.url, state=state, log_path=host.log_path)
     try:
 
-        def ready() -> str | None:
-            found = BANNER.search(log_path.read_text(errors="replace"))
-            if found is None or not (state / "host-keys.json").exists():
-                return None
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{stack.url}/admin/host/status", params={"code": stack.master_key}, timeout=5).ok:
-                    return found.group(1)
-            return None
+        def banner() -> str | None:
+            found = BANNER.search(host.output())
+            return found.group(1) if found else None
 
-        stack.mlflow_url = stack.wait("the embedded default to start", ready, timeout=120, watch=False)
+        stack.mlflow_url = host.wait_ready(timeout=120, until=banner)
         yield stack
     finally:
         not_stopped, ended = _stop(stack)
