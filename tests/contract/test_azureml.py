@@ -929,7 +929,7 @@ def test_first_deploy_creates_the_endpoint_then_deploys_blue(fake: FakeAzureML) 
     [score] = fake.requests("POST", r"^/score/")
     assert score.headers["azureml-model-deployment"] == "blue"
     assert score.headers["authorization"] == f"Bearer {ENDPOINT_KEY}"  # from listKeys
-    assert score.body == {"input_data": {"columns": ["a", "b", "c", "d"], "data": [[5.1, 3.5, 1.4, 0.2]]}}
+    assert score.body == {"input_data": {"columns": ["a", "b", "c", "d"], "index": [0], "data": [[5.1, 3.5, 1.4, 0.2]]}}
     from azure.ai.ml.constants._endpoint import EndpointInvokeFields
 
     assert "Authorization" not in EndpointInvokeFields.DEFAULT_HEADER  # the SDK's shared dict is wiped

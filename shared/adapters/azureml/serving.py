@@ -65,6 +65,16 @@ def _state(resource: object) -> str:
     return str(getattr(value, "value", value) or "")
 
 
+def scoring_body(frame: ScoringFrame) -> dict[str, object]:
+    """The request body of an MLflow no-code deployment: ``input_data``, a DataFrame in split orientation.
+
+    ``index`` is part of it: Azure ML's MLflow scoring script reads a dict as a split DataFrame only
+    when ``columns``, ``index`` and ``data`` are all present (otherwise as named tensors).
+    """
+    rows = [list(row) for row in frame.data]
+    return {"input_data": {"columns": list(frame.columns), "index": list(range(len(rows))), "data": rows}}
+
+
 def check_endpoint_name(endpoint: str) -> None:
     """Raise ``PermanentError`` naming the rule unless ``endpoint`` is a legal Azure ML endpoint name."""
     from azure.ai.ml.entities._endpoint._endpoint_helpers import validate_endpoint_or_deployment_name
@@ -214,11 +224,7 @@ class AzureMLServing(Workspace):
         handle, path = tempfile.mkstemp(prefix="signalbox-smoke-", suffix=".json")
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as request_file:
-                # MLflow no-code deployments on managed online endpoints take ``input_data`` (split orient).
-                json.dump(
-                    {"input_data": {"columns": list(frame.columns), "data": [list(r) for r in frame.data]}},
-                    request_file,
-                )
+                json.dump(scoring_body(frame), request_file)
             with self._errors(where), _invoking():
                 try:
                     answer = ml.online_endpoints.invoke(
