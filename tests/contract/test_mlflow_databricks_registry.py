@@ -1,0 +1,128 @@
+"""The MLflow registry adapter against MLflow's own Databricks workspace registry store.
+
+``MlflowClient(registry_uri="databricks")`` builds MLflow's ``DatabricksWorkspaceModelRegistryRestStore``
+(its ``RestStore`` with every alias method refused: ``INTERNAL_ERROR`` "unsupported for models in the
+Workspace Model Registry"); the HTTP answers come from a local server speaking the Databricks REST
+shapes (tests/databricks_rest.py). Without aliases, the stage tags carry the lifecycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.adapters.mlflow.registry import MlflowRegistry
+from shared.catalogue import load_catalogue
+from shared.errors import TransientError, UnknownVersion
+from tests.databricks_rest import WS, DatabricksRest, catalogue_for, databricks_env, lifecycle_step
+from tests.fakes import services
+
+MODEL = "churn-classifier"
+TOKEN = "dapi-local-workspace-token"
+SEARCH, GET, ALIAS = f"{WS}/model-versions/search", f"{WS}/model-versions/get", f"{WS}/registered-models/alias"
+
+
+@pytest.fixture
+def workspace(monkeypatch: pytest.MonkeyPatch) -> Iterator[DatabricksRest]:
+    server = DatabricksRest(TOKEN, unity_catalog=False)
+    with server.running():
+        databricks_env(monkeypatch, server)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        monkeypatch.setenv("MLFLOW_DATABRICKS_ENDPOINT_HTTP_RETRY_TIMEOUT", "1")
+        yield server
+
+
+@pytest.fixture
+def registry(workspace: DatabricksRest) -> MlflowRegistry:
+    return MlflowRegistry("databricks", "databricks")
+
+
+def test_the_adapter_drives_mlflows_workspace_registry_store(registry: MlflowRegistry) -> None:
+    from mlflow.store.model_registry.databricks_workspace_model_registry_rest_store import (
+        DatabricksWorkspaceModelRegistryRestStore,
+    )
+    from mlflow.store.model_registry.rest_store import RestStore
+
+    store = registry._writer.store
+    assert isinstance(store, DatabricksWorkspaceModelRegistryRestStore) and isinstance(store, RestStore)
+    assert not registry.capabilities.aliases and not registry.capabilities.unity_catalog
+
+
+def test_champion_and_challenger_are_the_stage_tags(registry: MlflowRegistry, workspace: DatabricksRest) -> None:
+    for stage in ("surpassed", "production", "unstaged", "staged"):
+        workspace.add_version(MODEL, {"stage": stage})
+    assert registry.alias_version(MODEL, "champion") == "2"
+    assert registry.alias_version(MODEL, "challenger") == "4"
+    assert registry.alias_version(MODEL, "anything-else") is None
+    assert registry.alias_version("no-such-model", "champion") is None
+    # Alias writes do nothing: the stage tag already says it.
+    registry.set_alias(MODEL, "challenger", "1")
+    registry.delete_alias(MODEL, "champion")
+    assert registry.alias_version(MODEL, "champion") == "2" and registry.alias_version(MODEL, "challenger") == "4"
+    assert [(v.version, v.aliases) for v in registry.list_versions(MODEL)] == [
+        ("1", ()),
+        ("2", ("champion",)),
+        ("3", ()),
+        ("4", ("challenger",)),
+    ]
+    assert registry.get_version(MODEL, "2").aliases == ("champion",)
+    assert workspace.count(ALIAS) == 0  # never tried
+    # One condition per search, as the workspace registry accepts; tags come with the search.
+    assert {c.params["filter"] for c in workspace.api_calls() if c.path == SEARCH} == {
+        f"name='{MODEL}'",
+        "name='no-such-model'",
+    }
+
+
+def test_an_alias_refusal_under_an_unrecognised_uri_switches_to_the_stage_tags(
+    registry: MlflowRegistry, workspace: DatabricksRest
+) -> None:
+    workspace.add_version(MODEL, {"stage": "production"})
+    registry.capabilities.aliases = True  # as if the URI had not told
+    assert registry.alias_version(MODEL, "champion") == "1"
+    assert not registry.capabilities.aliases
+    registry.capabilities.aliases = True
+    registry.set_alias(MODEL, "champion", "1")  # refused by MLflow, taken as a no-op
+    assert not registry.capabilities.aliases
+
+
+def test_the_lifecycle_runs_on_the_workspace_registry(workspace: DatabricksRest, tmp_path: Path) -> None:
+    svc = services(catalogue=load_catalogue(catalogue_for(MODEL, tmp_path)))
+    svc = svc.__class__(**{**svc.__dict__, "registry": MlflowRegistry("databricks", "databricks")})
+
+    v1 = workspace.add_version(MODEL, run_id="r1")
+    svc.evaluator.scores[v1] = {"accuracy": 0.8, "f1_macro": 0.8}
+    assert lifecycle_step(svc, MODEL, v1) == ["evaluate:won", "promote:deploy", "deploy:deployed"]
+    v2 = workspace.add_version(MODEL, run_id="r2")
+    svc.evaluator.scores[v2] = {"accuracy": 0.9, "f1_macro": 0.9}
+    assert lifecycle_step(svc, MODEL, v2) == ["evaluate:won", "promote:deploy", "deploy:deployed"]
+    assert svc.evaluator.calls == ["1", "2", "1"]  # the champion (from its stage tag) was scored against v2
+    v3 = workspace.add_version(MODEL, run_id="r3")
+    svc.evaluator.scores[v3] = {"accuracy": 0.5, "f1_macro": 0.5}
+    assert lifecycle_step(svc, MODEL, v3) == ["evaluate:lost", "promote:lost"]
+
+    v4, v5 = workspace.add_version(MODEL, run_id="r4"), workspace.add_version(MODEL, run_id="r5")
+    svc.evaluator.scores[v4] = {"accuracy": 0.92, "f1_macro": 0.92}
+    svc.evaluator.scores[v5] = {"accuracy": 0.95, "f1_macro": 0.95}
+    assert lifecycle_step(svc, MODEL, v4, "staging") == ["evaluate:won", "promote:pending-approval"]
+    assert lifecycle_step(svc, MODEL, v5, "staging") == ["evaluate:won", "promote:pending-approval"]
+
+    stages = {n: v.tags.get("stage") for n, v in workspace.models[MODEL].versions.items()}
+    assert stages == {"1": "surpassed", "2": "production", "3": None, "4": "unstaged", "5": "staged"}
+    assert svc.registry.alias_version(MODEL, "champion") == "2"
+    assert svc.registry.alias_version(MODEL, "challenger") == "5"
+    assert workspace.count(ALIAS) == 0
+
+
+def test_failures_become_signalbox_errors(registry: MlflowRegistry, workspace: DatabricksRest) -> None:
+    workspace.add_version(MODEL)
+    with pytest.raises(UnknownVersion):
+        registry.get_version(MODEL, "7")
+    workspace.fail(GET, 503, "upstream connect error or disconnect/reset before headers", content_type="text/plain")
+    with pytest.raises(TransientError):
+        registry.get_version(MODEL, "1")
+    workspace.fail(SEARCH, 500, '{"error_code": "INTERNAL_ERROR", "message": "try again"}')
+    with pytest.raises(TransientError, match="list_versions"):
+        registry.alias_version(MODEL, "champion")
