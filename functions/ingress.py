@@ -22,8 +22,7 @@ log = logging.getLogger("signalbox.ingress")
 
 
 def _event(raw: func.EventGridEvent | func.CloudEvent) -> KnownEvent | None:
-    from shared import events
-    from shared.domain import LifecycleEvent
+    from shared import events, handlers
 
     # The worker binds a CloudEvent (``type``) on a CloudEvents subscription and an EventGridEvent
     # (``event_type``) otherwise, whatever the annotation says; any attribute may be None or not text.
@@ -33,13 +32,8 @@ def _event(raw: func.EventGridEvent | func.CloudEvent) -> KnownEvent | None:
     except events.InvalidEvent as exc:
         # No redelivery can fix a malformed or unsafe event (a blob path with "..", a URL that is not
         # the blob): refuse it once, on the record, instead of failing and making Event Grid retry it.
-        log.warning("refused event %s of type %s: %s", raw.id, event_type, exc)
         subject = raw.subject if isinstance(raw.subject, str) else ""
-        runtime.services().events.publish(
-            LifecycleEvent.EVENT_REFUSED,
-            subject[:300],
-            {"event_id": raw.id, "event_type": event_type, "reason": str(exc)},
-        )
+        handlers.refuse_event(raw.id, event_type, subject, str(exc), runtime.services())
         return None
     if known is None:
         log.info("ignored event %s of type %s", raw.id, event_type)

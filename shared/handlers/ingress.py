@@ -35,7 +35,7 @@ def land_blob(blob: BlobCreated, svc: Services) -> Outcome:
         log.warning("refused %s for model %s: %s", blob.url, model.name, problem)
         return Outcome.REFUSED
     # Drift and code pushes retrain on the newest landed data. Each landing's training records it
-    # (a registry write per event capped ingest near 330 events/s); the first landing this worker
+    # (a registry write per event would bound ingest by the registry); the first landing this worker
     # sees records it at once, so a drift alert that follows finds data before any training ran.
     if model.name not in svc.landed:
         svc.registry.set_model_tag(model.name, domain.LATEST_DATA, blob.url)
@@ -198,8 +198,11 @@ def workspace_event(known: KnownEvent, svc: Services) -> Outcome:
     return Outcome.IGNORED
 
 
-def refuse_event(event_id: str, event_type: str, subject: str, reason: str, svc: Services) -> Outcome:
-    """An event no redelivery can fix (malformed, unsafe): refuse it once, on the record."""
+def refuse_event(event_id: object, event_type: object, subject: str, reason: str, svc: Services) -> Outcome:
+    """An event no redelivery can fix (malformed, unsafe): refuse it once, on the record.
+
+    The id and type are as the event carried them (a malformed event may carry anything).
+    """
     log.warning("refused event %s of type %s: %s", event_id, event_type, reason)
     svc.events.publish(
         LifecycleEvent.EVENT_REFUSED,
