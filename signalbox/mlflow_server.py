@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from signalbox.localhost.process import free_port as _free_port
 
 __all__ = ["MlflowServer", "MlflowServerError", "ensure_model_version_webhook", "webhook_encryption_key"]
 
@@ -67,13 +68,6 @@ def _check_fernet_key(key: str, path: Path) -> None:
         valid = False
     if not valid:
         raise MlflowServerError(f"{path} does not hold a Fernet key (32 url-safe base64 bytes)")
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _log_tail(path: Path, offset: int = 0, lines: int = _LOG_TAIL_LINES) -> str:

@@ -17,9 +17,10 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
+if TYPE_CHECKING:
+    import requests
 
 __all__ = ["ROOT", "HostExited", "HostProcess", "free_port"]
 
@@ -132,6 +133,8 @@ class HostProcess:
         Returns what `until` returned (True without it). Raises :class:`HostExited` if the child ends
         first and :class:`TimeoutError` after `timeout` seconds, both with the child's last output.
         """
+        import requests  # here, so that free_port alone (signalbox.mlflow_server) stays a cheap import
+
         deadline = time.monotonic() + timeout
         with requests.Session() as session:
             session.trust_env = False  # 127.0.0.1 never goes through a proxy from the environment
@@ -187,6 +190,8 @@ class HostProcess:
         return self.log_dir / f"host-{self.port}-{start}.log"
 
     def _answers(self, session: requests.Session) -> bool:
+        import requests
+
         try:
             key = self.master_key
             answer = session.get(f"{self.url}/admin/host/status", headers={"x-functions-key": key}, timeout=2)
