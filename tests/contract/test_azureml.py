@@ -40,10 +40,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from shared.adapters.azureml.compute import AzureMLCompute, workspace_tracking_uri
+from shared.adapters.azureml.compute import MAX_RESUBMITS, AzureMLCompute, workspace_tracking_uri
 from shared.adapters.azureml.serving import AzureMLServing
 from shared.errors import DeploymentFailed, PermanentError, TransientError
-from shared.ports import Deployment, JobRequest, ScoringFrame
+from shared.ports import Deployment, JobRequest, RunStatus, ScoringFrame
 from tests.tls import self_signed_certificate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -214,11 +214,11 @@ class FakeAzureML:
         with self.lock:
             return [c for c in self.calls if (method is None or c.method == method) and re.search(pattern, c.path)]
 
-    def set_job_status(self, name: str, status: str, error: str | None = None) -> None:
+    def set_job_status(self, name: str, status: str, error: str | None = None, code: str = "UserError") -> None:
         with self.lock:
             self.jobs[name]["properties"]["status"] = status
             if error:
-                self.run_errors[name] = {"code": "UserError", "message": error}
+                self.run_errors[name] = {"code": code, "message": error}
 
     def add_endpoint(self, name: str, traffic: dict[str, int]) -> None:
         with self.lock:
@@ -693,7 +693,7 @@ def test_a_job_runs_to_success_and_reports_its_mlflow_run(fake: FakeAzureML, spe
         ("Finalizing", "running"),
         ("Completed", "succeeded"),
         ("Failed", "failed"),
-        ("NotResponding", "failed"),
+        ("NotResponding", "running"),  # documented: it may still resume
         ("CancelRequested", "cancelled"),
         ("Canceled", "cancelled"),
     ],
@@ -717,6 +717,64 @@ def test_a_failed_job_says_why(fake: FakeAzureML, spec: Path) -> None:
     assert "No module named 'sklearn'" in failed.message
     assert f"https://ml.azure.com/runs/{run_id}" in failed.message
     assert fake.requests("GET", rf"^/history/v1\.0{re.escape(WS_PATH)}/runs/{run_id}$")
+
+
+def test_a_job_not_responding_is_still_running_and_may_recover(fake: FakeAzureML, spec: Path) -> None:
+    adapter = compute()
+    run_id = adapter.launch(job_request(spec))
+    fake.set_job_status(run_id, "NotResponding")
+
+    assert adapter.status(run_id) == RunStatus(run_id, "running", message="NotResponding")
+    fake.set_job_status(run_id, "Running")
+    fake.set_job_status(run_id, "Completed")
+    assert adapter.status(run_id).state == "succeeded"
+    assert len(fake.requests("PUT", r"/jobs/")) == 1
+
+
+def test_a_job_azure_ml_failed_is_resubmitted_as_a_new_job(fake: FakeAzureML, spec: Path) -> None:
+    adapter = compute()
+    run_id = adapter.launch(job_request(spec))
+    fake.set_job_status(run_id, "Failed", error="Node preempted: capacity was reclaimed", code="SystemError")
+
+    retried = adapter.status(run_id)
+    again = adapter.status(run_id)  # the next poll of the same message follows the chain, no second job
+
+    assert retried.run_id == f"{run_id}-r1" and retried.state == "pending"
+    assert retried.message is not None and "capacity was reclaimed" in retried.message
+    assert again.run_id == f"{run_id}-r1"
+    first, second = fake.requests("PUT", r"/jobs/")
+    assert second.path == f"{WS_PATH}/jobs/{run_id}-r1"
+    for key in ("command", "computeId", "environmentId", "codeId", "inputs", "experimentName"):
+        assert second.body["properties"][key] == first.body["properties"][key]
+    assert second.body["properties"]["tags"]["signalbox.resubmitted_after"] == "SystemError"
+
+    fake.set_job_status(f"{run_id}-r1", "Completed")
+    done = adapter.status(run_id)
+    assert done == RunStatus(f"{run_id}-r1", "succeeded", outputs={"mlflow_run_id": f"{run_id}-r1"})
+    # A redelivered launch still finds the first job, whose status leads to the same answer.
+    assert compute().launch(job_request(spec)) == run_id
+    assert len(fake.requests("PUT", r"/jobs/")) == 2
+
+
+def test_resubmissions_are_bounded(fake: FakeAzureML, spec: Path) -> None:
+    adapter = compute()
+    run_id = adapter.launch(job_request(spec))
+    names = [run_id] + [f"{run_id}-r{n}" for n in range(1, MAX_RESUBMITS + 1)]
+    for name in names:
+        fake.set_job_status(name, "Failed", error="ServiceError: the cluster could not be resized", code="ServiceError")
+        answer = adapter.status(run_id)
+
+    assert answer.run_id == names[-1] and answer.state == "failed"
+    assert [c.path.rsplit("/", 1)[-1] for c in fake.requests("PUT", r"/jobs/")] == names
+
+
+def test_a_job_that_failed_by_its_own_fault_is_not_resubmitted(fake: FakeAzureML, spec: Path) -> None:
+    adapter = compute()
+    run_id = adapter.launch(job_request(spec))
+    fake.set_job_status(run_id, "Failed", error="ModuleNotFoundError: No module named 'sklearn'")
+
+    assert adapter.status(run_id).state == "failed"
+    assert len(fake.requests("PUT", r"/jobs/")) == 1
 
 
 def test_cancel_asks_azure_ml_and_the_job_ends_cancelled(fake: FakeAzureML, spec: Path) -> None:

@@ -63,15 +63,22 @@ _STATES: dict[str, RunState] = {
     "Finalizing": "running",
     # A paused job still holds its place; it is neither finished nor failed.
     "Paused": "running",
+    # Documented: no heartbeat lately, and "a run can go from NotResponding to any of the previous
+    # states": not an end. A job that never recovers is cancelled by the poll's attempt limit.
+    "NotResponding": "running",
     "Completed": "succeeded",
     "Failed": "failed",
-    "NotResponding": "failed",
     "Canceled": "cancelled",
     "CancelRequested": "cancelled",
 }
 # Nothing left to cancel: ended, or a cancellation already under way.
 _NOT_CANCELLABLE = frozenset({"Completed", "Failed", "NotResponding", "Canceled", "CancelRequested"})
 _TRANSIENT_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+# Run-history error codes of failures Azure ML attributes to itself (capacity, node or service faults),
+# not to the job's code or spec (``UserError``): the same job may well succeed when submitted again.
+_TRANSIENT_JOB_ERRORS = frozenset({"SystemError", "ServiceError"})
+# Resubmissions of a job that failed for such a reason, each a new job named ``{job}-r{n}``.
+MAX_RESUBMITS = 2
 _INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DATA_TYPES = frozenset({"uri_file", "uri_folder", "mltable"})
 _MAX_MESSAGE = 500
@@ -310,19 +317,35 @@ class AzureMLCompute(Workspace):
         return name
 
     def status(self, run_id: str) -> RunStatus:
-        """The job's state from Azure ML; ``outputs`` hold ``mlflow_run_id`` once it has completed."""
+        """The job's state from Azure ML; ``outputs`` hold ``mlflow_run_id`` once it has completed.
+
+        A job that failed for a reason Azure ML attributes to itself (run-history error ``SystemError``
+        or ``ServiceError``) is submitted again as a new job, ``{run_id}-r1`` then ``-r2``: the status
+        then reports that job (its name is the ``run_id`` of the answer). Asking again for ``run_id``
+        follows the same chain, so a repeated poll never submits twice.
+        """
         ml = self._ml()
-        with azure_errors(f"Azure ML job {run_id}", self.workspace):
-            found = ml.jobs.get(run_id)
-        raw = _state_name(found.status)
-        state = _STATES.get(raw, "pending")
-        if state == "succeeded":
-            return RunStatus(run_id, "succeeded", outputs={"mlflow_run_id": run_id})
-        if state == "failed":
-            return RunStatus(run_id, "failed", message=self._failure(ml, run_id, raw, found))
-        if state == "cancelled":
-            return RunStatus(run_id, "cancelled", message=f"Azure ML job {raw}")
-        return RunStatus(run_id, state, message=raw or None)
+        current = run_id
+        for attempt in range(MAX_RESUBMITS + 1):
+            with azure_errors(f"Azure ML job {current}", self.workspace):
+                found = ml.jobs.get(current)
+            raw = _state_name(found.status)
+            state = _STATES.get(raw, "pending")
+            if state == "succeeded":
+                return RunStatus(current, "succeeded", outputs={"mlflow_run_id": current})
+            if state == "cancelled":
+                return RunStatus(current, "cancelled", message=f"Azure ML job {raw}")
+            if state != "failed":
+                return RunStatus(current, state, message=raw or None)
+            code, message = self._failure(ml, current, raw, found)
+            if code not in _TRANSIENT_JOB_ERRORS or attempt == MAX_RESUBMITS:
+                return RunStatus(current, "failed", message=message)
+            successor = f"{run_id}-r{attempt + 1}"
+            if not self._exists(ml, successor):
+                self._resubmit(ml, found, successor, why=code)
+                return RunStatus(successor, "pending", message=f"resubmitted after {message}")
+            current = successor
+        raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
 
     def cancel(self, run_id: str) -> None:
         """Ask Azure ML to cancel the job, waiting at most ``cancel_timeout`` seconds; no effect once it is ending."""
@@ -366,8 +389,9 @@ class AzureMLCompute(Workspace):
         spec.tags = {**(spec.tags or {}), **job.tags, "signalbox.model": job.model_name}
         return spec
 
-    def _failure(self, ml: MLClient, name: str, raw: str, found: Any) -> str:
-        message = f"Azure ML job {raw}"
+    def _failure(self, ml: MLClient, name: str, raw: str, found: Any) -> tuple[str | None, str]:
+        """The run-history error code of a failed job (``None`` if unknown) and a message saying why."""
+        message, code = f"Azure ML job {raw}", None
         # The job resource carries no error; the run-history record does, and the SDK reads it only
         # through this private client. Best effort: the status must not fail for want of a message.
         try:
@@ -375,10 +399,25 @@ class AzureMLCompute(Workspace):
             error = getattr(getattr(run, "error", None), "error", None)
             if error is not None and getattr(error, "message", None):
                 message = f"{message}: {describe(run.error)}"
+                code = getattr(error, "code", None)
         except Exception as exc:
             log.debug("no run-history error for Azure ML job %s: %s", name, type(exc).__name__)
         studio = getattr(found, "studio_url", None)
-        return f"{message} (see {studio})" if studio else message
+        return code, (f"{message} (see {studio})" if studio else message)
+
+    def _resubmit(self, ml: MLClient, job: Any, name: str, why: str) -> None:
+        from azure.core.exceptions import HttpResponseError
+
+        job.name = name
+        job.tags = {**(job.tags or {}), "signalbox.resubmitted_after": why}
+        with azure_errors(f"Azure ML job {name} (resubmitted)", self.workspace):
+            try:
+                ml.jobs.create_or_update(job)
+            except HttpResponseError as exc:
+                # A concurrent poll resubmitted it first.
+                if exc.status_code not in (400, 409) or not self._exists(ml, name):
+                    raise
+        log.info("Azure ML job %s resubmitted as %s after %s", job.display_name or name, name, why)
 
 
 def _data_type(spec: Path) -> str:
