@@ -27,7 +27,7 @@ from azure.identity import CredentialUnavailableError
 
 from shared.adapters.databricks.auth import DATABRICKS_SCOPE, ManagedIdentityStrategy
 from shared.adapters.databricks.compute import DatabricksCompute
-from shared.adapters.databricks.mlflow_auth import install_managed_identity
+from shared.adapters.databricks.mlflow_auth import install_if_wanted, install_managed_identity
 from shared.adapters.databricks.serving import DatabricksServing
 from shared.errors import PermanentError
 from tests.contract.test_databricks import (
@@ -393,3 +393,43 @@ def test_mlflow_needs_the_workspace_host(monkeypatch: pytest.MonkeyPatch, mlflow
     monkeypatch.delenv("DATABRICKS_HOST", raising=False)
     with pytest.raises(PermanentError, match="DATABRICKS_HOST"):
         install_managed_identity(credential=StubCredential())
+
+
+def test_mlflow_installs_the_identity_only_where_one_is_there_and_no_credential_is_set(
+    uc_server: DatabricksRest, mlflow_slot: None, monkeypatch: pytest.MonkeyPatch
+):
+    from mlflow.utils import databricks_utils
+
+    assert not install_if_wanted("sqlite:///mlflow.db", None)  # not Databricks
+    assert not install_if_wanted("databricks", "databricks-uc")  # a developer's machine: MLflow's own way
+    monkeypatch.setenv("IDENTITY_ENDPOINT", "http://127.0.0.1:9/msi/token")
+    assert not install_if_wanted("databricks", token="dapi-configured")
+    monkeypatch.setenv("DATABRICKS_TOKEN", "dapi-in-the-environment")
+    assert not install_if_wanted("databricks-uc")
+    monkeypatch.delenv("DATABRICKS_TOKEN")
+    assert databricks_utils._dynamic_token_config_provider is None
+    assert "MLFLOW_ENABLE_DB_SDK" not in os.environ
+
+    assert install_if_wanted("file:///tmp/mlruns", "databricks-uc")
+    assert databricks_utils._dynamic_token_config_provider is not None
+    assert os.environ["MLFLOW_ENABLE_DB_SDK"] == "false"
+
+
+def test_on_functions_mlflow_signs_in_with_the_user_assigned_identity(
+    uc_server: DatabricksRest, mlflow_slot: None, app_service_identity: AppServiceIdentity
+):
+    from mlflow import MlflowClient
+
+    uc_server.add_version("main.ml.iris", {"signalbox.stage": "staged"})
+    assert install_if_wanted("databricks", "databricks-uc", host=uc_server.url)
+
+    client = MlflowClient(tracking_uri="databricks", registry_uri="databricks-uc")
+    with pytest.raises(Exception, match="Invalid access token"):
+        client.get_model_version("main.ml.iris", "1")  # the workspace does not know this identity yet
+    (token,) = app_service_identity.tokens
+    uc_server.token = token  # the identity is added to the workspace
+    assert client.get_model_version("main.ml.iris", "1").tags == {"signalbox.stage": "staged"}
+
+    (asked,) = app_service_identity.requests  # one token, cached across both requests
+    assert asked["resource"] == AZURE_DATABRICKS_APP and asked["client_id"] == CLIENT_ID
+    assert [c.authorization for c in uc_server.api_calls()] == [f"Bearer {token}"] * 2

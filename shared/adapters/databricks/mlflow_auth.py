@@ -24,13 +24,13 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from shared.adapters.databricks.auth import EntraTokenSource, databricks_scope, managed_identity_credential
+from shared.adapters.databricks.auth import AUTH_TYPE, EntraTokenSource, databricks_scope, managed_identity_credential
 from shared.errors import PermanentError, TransientError
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-__all__ = ["install_managed_identity"]
+__all__ = ["install_if_wanted", "install_managed_identity"]
 
 log = logging.getLogger("signalbox.databricks.auth")
 
@@ -82,3 +82,26 @@ def install_managed_identity(
     os.environ.setdefault("MLFLOW_ENABLE_DB_SDK", "false")
     log.info("MLflow signs in to Databricks %s with the Azure managed identity", workspace)
     return provider
+
+
+def install_if_wanted(*uris: str | None, host: str | None = None, token: str | None = None) -> bool:
+    """``install_managed_identity`` when it is wanted; whether it was installed.
+
+    Wanted when one of the MLflow URIs is a plain ``databricks`` / ``databricks-uc`` one, no
+    credential is configured (``token``, ``DATABRICKS_TOKEN``, ``DATABRICKS_CLIENT_SECRET``), and a
+    managed identity is there (App Service / Functions set ``IDENTITY_ENDPOINT``) or asked for
+    (``DATABRICKS_AUTH_TYPE=azure-msi`` or ``ARM_USE_MSI=true``). Elsewhere MLflow keeps its own
+    resolution (a developer's ``az login`` or ``~/.databrickscfg``).
+    """
+    if not any(uri and uri.strip() in ("databricks", "databricks-uc") for uri in uris):
+        return False
+    if token or os.environ.get("DATABRICKS_TOKEN") or os.environ.get("DATABRICKS_CLIENT_SECRET"):
+        return False
+    asked = os.environ.get("DATABRICKS_AUTH_TYPE") == AUTH_TYPE or os.environ.get("ARM_USE_MSI", "").lower() in (
+        "1",
+        "true",
+    )
+    if not (asked or os.environ.get("IDENTITY_ENDPOINT")):
+        return False
+    install_managed_identity(host)
+    return True
