@@ -38,9 +38,9 @@ class FakeBus:
     seen: set[str] = field(default_factory=set)
 
     def send(self, envelope: Envelope, *, scheduled_at: datetime | None = None) -> None:
-        if envelope.message_id in self.seen:
+        if envelope.transport_id in self.seen:
             return
-        self.seen.add(envelope.message_id)
+        self.seen.add(envelope.transport_id)
         self.sent.append((envelope, scheduled_at))
 
     def send_many(self, envelopes: Sequence[Envelope]) -> None:

@@ -35,7 +35,7 @@ def to_servicebus_message(envelope: Envelope, scheduled_at: datetime | None = No
 
     return ServiceBusMessage(
         body=envelope.to_json(),
-        message_id=envelope.message_id,
+        message_id=envelope.transport_id,
         session_id=envelope.session_id,
         correlation_id=envelope.correlation_id,
         subject=envelope.command.kind,
