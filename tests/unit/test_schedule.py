@@ -326,3 +326,42 @@ def test_invalid_schedule_is_a_value_error_and_pickles() -> None:
     copy = pickle.loads(pickle.dumps(caught.value))  # noqa: S301 - our own object
     assert isinstance(copy, InvalidSchedule)
     assert str(copy) == str(caught.value)
+
+
+# Where croniter (which expands the fields and finds fire times) reads an expression differently from
+# NCrontab, the NCRONTAB reading holds: an equal range is its one value, day-of-week 7 is Sunday
+# inside ranges and steps, a step from the field's last value is that value alone.
+NCRONTAB_NOT_CRONITER = [
+    ("0 0 9-9 * * *", utc(2026, 3, 14, 10), utc(2026, 3, 15, 9)),
+    ("0 0 0 1 Mar-Mar *", utc(2026, 3, 31), utc(2027, 3, 1)),
+    ("0 0 0 * * 7/2", utc(2026, 3, 13), utc(2026, 3, 15)),
+    ("0 0 0 * * 5-7/2", utc(2026, 3, 13, 1), utc(2026, 3, 15)),
+    ("0 0 0 * * 6-7/2", utc(2026, 3, 14, 1), utc(2026, 3, 21)),
+    ("0 59/15 * * * *", utc(2026, 3, 14, 10), utc(2026, 3, 14, 10, 59)),
+    ("0 0 0 * Dec/3 *", utc(2026, 1, 1), utc(2026, 12, 1)),
+]
+
+
+@pytest.mark.parametrize(("expression", "moment", "expected"), NCRONTAB_NOT_CRONITER)
+def test_ncrontab_readings_where_croniter_differs(expression: str, moment: datetime, expected: datetime) -> None:
+    assert parse_schedule(expression).next_after(moment) == expected
+
+
+@pytest.mark.parametrize(
+    ("expression", "field"),
+    [
+        ("0 0 0 L * *", "day"),  # croniter: last day of the month
+        ("0 0 0 15W * *", "day"),  # croniter: nearest weekday
+        ("0 0 0 ? * *", "day"),
+        ("0 0 0 * * 5#3", "day-of-week"),  # croniter: third Friday
+        ("0 0 0 * * 5L", "day-of-week"),
+        ("0 0 H * * *", "hour"),  # croniter: hashed
+        ("0 0 17-9 * * *", "hour"),  # croniter: wraps round midnight
+        ("@daily", "schedule"),
+        ("0 0 0 1 1 * 2030", "schedule"),  # croniter: a year field
+    ],
+)
+def test_croniter_extensions_are_not_ncrontab(expression: str, field: str) -> None:
+    with pytest.raises(InvalidSchedule) as caught:
+        parse_schedule(expression)
+    assert caught.value.field == field
