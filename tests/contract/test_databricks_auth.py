@@ -29,7 +29,7 @@ from shared.adapters.databricks.auth import DATABRICKS_SCOPE, ManagedIdentityStr
 from shared.adapters.databricks.compute import DatabricksCompute
 from shared.adapters.databricks.mlflow_auth import install_if_wanted, install_managed_identity
 from shared.adapters.databricks.serving import DatabricksServing
-from shared.errors import PermanentError
+from shared.errors import PermanentError, TransientError
 from tests.contract.test_databricks import (
     ENDPOINT,
     GET_ENDPOINT,
@@ -433,3 +433,24 @@ def test_on_functions_mlflow_signs_in_with_the_user_assigned_identity(
     (asked,) = app_service_identity.requests  # one token, cached across both requests
     assert asked["resource"] == AZURE_DATABRICKS_APP and asked["client_id"] == CLIENT_ID
     assert [c.authorization for c in uc_server.api_calls()] == [f"Bearer {token}"] * 2
+
+
+def test_a_failing_identity_endpoint_is_transient_and_the_next_call_signs_in(fake: FakeDatabricks):
+    from azure.core.exceptions import ServiceRequestError
+
+    class Flaky(StubCredential):
+        failures = 1
+
+        def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+            if self.failures:
+                self.failures -= 1
+                raise ServiceRequestError("Connection refused by the identity endpoint")
+            return super().get_token(*scopes, **kwargs)
+
+    credential = Flaky()
+    fake.reply("GET", RUNS_GET, (200, run("RUNNING")))
+    compute = DatabricksCompute(host=fake.url, azure_credential=credential, retry_timeout_seconds=1)
+    with pytest.raises(TransientError, match="managed identity endpoint failed: ServiceRequestError"):
+        compute.status(str(RUN))
+    assert compute.status(str(RUN)).state == "running"
+    assert bearer(fake.sent("GET", RUNS_GET)[0]) == f"Bearer {credential.issued[0]}"

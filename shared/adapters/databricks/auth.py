@@ -37,6 +37,8 @@ from databricks.sdk.credentials_provider import (
 )
 from databricks.sdk.environments import ARM_DATABRICKS_RESOURCE_ID, get_environment_for_hostname
 
+from shared.errors import TransientError
+
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
     from databricks.sdk.config import Config
@@ -114,11 +116,19 @@ class ManagedIdentityStrategy(CredentialsStrategy):
         if cfg.azure_workspace_resource_id:
             endpoint = cfg.arm_environment.service_management_endpoint if cfg.arm_environment else None
             management = EntraTokenSource(credential, f"{endpoint or 'https://management.core.windows.net/'}.default")
+        from azure.identity import CredentialUnavailableError
+
         try:
             inner.token()
-        except Exception as exc:
-            # azure-identity's messages name the endpoint and the identity, never a token.
+        except CredentialUnavailableError as exc:
+            # No identity here: the SDK reports a ValueError as a configuration problem.
+            # (azure-identity's messages name the endpoint and the identity, never a token.)
             raise ValueError(f"no Azure managed identity token for Databricks: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            # The identity endpoint failed this time (not a ValueError: the SDK lets it through).
+            raise TransientError(
+                f"signing in to Databricks: the managed identity endpoint failed: {type(exc).__name__}: {exc}"
+            ) from None
         log.info("signing in to Databricks with the Azure managed identity (scope %s)", inner.scope)
 
         def headers() -> dict[str, str]:

@@ -35,6 +35,9 @@ conflicts) or ``PermanentError`` (401, 403, 404, bad requests) saying what to fi
 SDK) runs out; the client built here keeps that budget short (20 s), because a Service Bus
 redelivery is the better retry and a function must not hold its message lock waiting.
 
+Credentials: the configured token, else the SDK's own chain, else the Azure managed identity
+(``shared.adapters.databricks.auth``: the SDK's chain has none).
+
 Nothing here imports databricks-sdk at module level: importing the function app stays fast.
 """
 
