@@ -210,7 +210,7 @@ def parse_schedule(expression: str) -> Schedule:
 
 
 def _parse_field(field: _Field, token: str, expression: str) -> str:
-    """Check one NCRONTAB field and return it in croniter's syntax: numbers, ``*``, ranges, steps."""
+    """Check one NCRONTAB field and return it in croniter's syntax: numbers, ranges ``a-b`` and steps ``/n``."""
     items: list[str] = []
     for item in token.split(","):
         if not item:
