@@ -756,6 +756,19 @@ def test_a_job_azure_ml_failed_is_resubmitted_as_a_new_job(fake: FakeAzureML, sp
     assert len(fake.requests("PUT", r"/jobs/")) == 2
 
 
+def test_cancel_stops_the_resubmitted_job(fake: FakeAzureML, spec: Path) -> None:
+    adapter = compute()
+    run_id = adapter.launch(job_request(spec))
+    fake.set_job_status(run_id, "Failed", error="node failure", code="SystemError")
+    adapter.status(run_id)
+    fake.set_job_status(f"{run_id}-r1", "Running")
+
+    adapter.cancel(run_id)  # the poll gave up on the lifecycle's job: the resubmission is what runs
+
+    [cancel] = fake.requests("POST", r"/cancel$")
+    assert cancel.path == f"{WS_PATH}/jobs/{run_id}-r1/cancel"
+
+
 def test_resubmissions_are_bounded(fake: FakeAzureML, spec: Path) -> None:
     adapter = compute()
     run_id = adapter.launch(job_request(spec))

@@ -278,6 +278,22 @@ def test_the_https_uri_and_the_auth_provider_come_from_the_workspace_uri(
     assert isinstance(fetch_auth("signalbox-azureml"), mlflow_auth.EntraBearerAuth)
 
 
+def test_the_provider_is_registered_also_without_the_entry_point(
+    fake: FakeWorkspaceMlflow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+    from mlflow.tracking.request_auth import registry
+
+    # As in the deployed function app: files plus requirements.txt, no package metadata to load it from.
+    providers = registry._request_auth_provider_registry
+    monkeypatch.setattr(providers, "_registry", [p for p in providers if p.get_name() != "signalbox-azureml"])
+
+    client = MlflowClient(tracking_uri=workspace_uri(fake, TokenSource()))
+    client.create_experiment("iris")
+
+    assert [s.authorization for s in azure_requests(fake)] == [f"Bearer {TOKENS[0]}"]
+
+
 def test_mlflow_client_tracks_and_registers_with_a_bearer_token_on_every_request(
     fake: FakeWorkspaceMlflow, monkeypatch: pytest.MonkeyPatch
 ) -> None:

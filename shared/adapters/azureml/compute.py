@@ -348,9 +348,17 @@ class AzureMLCompute(Workspace):
         raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
 
     def cancel(self, run_id: str) -> None:
-        """Ask Azure ML to cancel the job, waiting at most ``cancel_timeout`` seconds; no effect once it is ending."""
+        """Ask Azure ML to cancel the job (its latest resubmission), waiting at most ``cancel_timeout`` seconds.
+
+        No effect once it is ending.
+        """
         ml = self._ml()
         with azure_errors(f"Azure ML job {run_id}", self.workspace):
+            # The job that runs now: the last resubmission of run_id, if status() made any.
+            for attempt in range(MAX_RESUBMITS, 0, -1):
+                if self._exists(ml, f"{run_id}-r{attempt}"):
+                    run_id = f"{run_id}-r{attempt}"
+                    break
             if _state_name(ml.jobs.get(run_id).status) in _NOT_CANCELLABLE:
                 return
             poller = ml.jobs.begin_cancel(run_id)

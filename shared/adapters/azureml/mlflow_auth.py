@@ -147,5 +147,19 @@ def enable(credential: TokenCredential | None = None) -> None:
     if current and current != AUTH_NAME:
         raise ValueError(f"MLFLOW_TRACKING_AUTH is {current!r}; Azure ML needs {AUTH_NAME!r} (or leave it unset)")
     os.environ["MLFLOW_TRACKING_AUTH"] = AUTH_NAME
+    _register()
     if credential is not None:
         _AUTH.use(credential)
+
+
+def _register() -> None:
+    """Register the provider with MLflow unless its entry point did.
+
+    An Azure Functions deployment runs Signalbox from its files with requirements.txt installed, not as
+    an installed package: there is no entry point metadata for MLflow to find there.
+    """
+    from mlflow.tracking.request_auth import registry
+
+    providers = registry._request_auth_provider_registry
+    if not any(provider.get_name() == AUTH_NAME for provider in providers):
+        providers.register(AzureMLRequestAuthProvider)
