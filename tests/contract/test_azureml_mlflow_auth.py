@@ -87,6 +87,7 @@ class Seen:
     method: str
     path: str
     authorization: str | None
+    probe: str | None = None  # the X-Probe header, if any
 
 
 class FakeWorkspaceMlflow:
@@ -109,7 +110,11 @@ class FakeWorkspaceMlflow:
                 query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
                 with fake.lock:
                     seen = Seen(
-                        self.headers.get("host", ""), self.command, parts.path, self.headers.get("authorization")
+                        self.headers.get("host", ""),
+                        self.command,
+                        parts.path,
+                        self.headers.get("authorization"),
+                        self.headers.get("x-probe"),
                     )
                     fake.seen.append(seen)
                     status, answer = fake.answer(seen, {**query, **body})
@@ -381,6 +386,27 @@ def test_no_token_goes_to_other_hosts_or_over_plain_http(
         with pytest.raises(MlflowException):
             MlflowClient(tracking_uri=f"http://{AZURE_HOST}:{fake.port}{BASE_PATH}").get_experiment_by_name("iris")
     assert credential.scopes == []
+
+
+def test_why_not_a_request_header_provider(fake: FakeWorkspaceMlflow, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow asks header providers for headers without saying where the request goes: they reach every host."""
+    from mlflow import MlflowClient
+    from mlflow.tracking.request_header import registry
+    from mlflow.tracking.request_header.abstract_request_header_provider import RequestHeaderProvider
+
+    class Probe(RequestHeaderProvider):
+        def in_context(self) -> bool:
+            return True
+
+        def request_headers(self) -> dict[str, str]:  # no request, no URL: nothing to decide with
+            return {"X-Probe": "would-be-a-token"}
+
+    providers = registry._request_header_provider_registry
+    monkeypatch.setattr(providers, "_registry", [*providers, Probe()])
+
+    MlflowClient(tracking_uri=f"https://{OTHER_HOST}:{fake.port}").create_experiment("iris")
+
+    assert [s.probe for s in fake.seen] == ["would-be-a-token"]
 
 
 def test_token_scope_is_only_for_azure_ml_hosts() -> None:
