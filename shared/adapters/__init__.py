@@ -1,1 +1,23 @@
-"""Adapters: the concrete implementations of the ports in ``shared.ports``."""
+"""Adapters: the concrete implementations of the ports in ``shared.ports``, one package per vendor.
+
+Each vendor package's ``__init__`` holds small factories (``compute``, ``serving``, ...) that take a
+``Wiring`` and import their SDK only when called; ``shared.bootstrap`` lists them in one table per
+port, so a new backend is one package plus one table entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What every adapter factory is built from: the settings and the MLflow URIs chosen for them."""
+
+    settings: Settings
+    tracking_uri: str
+    registry_uri: str | None

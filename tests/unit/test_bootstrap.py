@@ -70,3 +70,22 @@ def test_a_catalogue_backend_without_its_settings_fails_at_start_up(tmp_path):
     )
     with pytest.raises(SettingsError, match=r"training\.backend azureml needs AZUREML_SUBSCRIPTION_ID"):
         bootstrap(settings)
+
+
+def test_every_value_a_setting_accepts_has_one_factory_in_the_tables():
+    """A backend is one package plus one table entry: the settings' choices and the tables agree."""
+    import typing
+
+    from shared import bootstrap
+    from shared.catalogue import Training
+    from shared.settings import Settings
+
+    def choices(model: type, field: str) -> set[str]:
+        return set(typing.get_args(model.model_fields[field].annotation))
+
+    assert choices(Settings, "bus") == set(bootstrap.QUEUES)
+    assert choices(Settings, "registry") == set(bootstrap.MLFLOW_URIS)
+    assert choices(Settings, "serving") == set(bootstrap.SERVING)
+    assert choices(Settings, "landing") == set(bootstrap.LANDING)
+    assert choices(Settings, "events") == set(bootstrap.EVENTS)
+    assert choices(Training, "backend") == set(bootstrap.COMPUTE)
