@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from shared.adapters.mlflow.registry import MlflowRegistry
+from shared.errors import TransientError, UnknownVersion
 from shared.webhooks import WebhookRejected, parse_mlflow, verify_mlflow
 from signalbox.mlflow_server import (
     MlflowServer,
@@ -134,8 +135,24 @@ def test_get_version(registry: MlflowRegistry, trained: tuple[str, str]) -> None
 def test_get_missing_version_raises_lookup_error(
     registry: MlflowRegistry, trained: tuple[str, str], name: str, version: str
 ) -> None:
-    with pytest.raises(LookupError, match=f"model {name} version {version} is not registered"):
+    with pytest.raises(UnknownVersion, match=f"model {name} version {version} is not registered") as raised:
         registry.get_version(name, version)
+    assert isinstance(raised.value, LookupError)  # callers catching LookupError keep working
+
+
+def test_an_unreachable_server_is_transient_within_the_bounded_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.adapters.mlflow.client import HTTP_DEFAULTS
+
+    for name in HTTP_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(TransientError, match="MLflow registry get_version"):
+        MlflowRegistry(f"http://127.0.0.1:{port}").get_version(MODEL, "1")
+    # MLflow's defaults (7 retries, backoff factor 2) would wait minutes; the bounded ones seconds.
+    assert time.monotonic() - started < 10
 
 
 def test_list_versions_oldest_first_in_numeric_order(
