@@ -11,7 +11,11 @@ if TYPE_CHECKING:
 
 
 def uris(settings: Settings) -> tuple[str, str | None]:
-    """MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI as set (the registry defaults to the tracking server)."""
+    """MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI as set.
+
+    An unset registry URI is MLflow's to resolve: the tracking URI, except that a ``databricks``
+    tracking URI means Unity Catalog (``databricks-uc``) in MLflow 3; both adapters resolve it so.
+    """
     return settings.mlflow_tracking_uri, settings.registry_uri or None
 
 
