@@ -22,12 +22,32 @@ def compute(wiring: Wiring) -> Compute:
 
 
 def serving(wiring: Wiring) -> Serving:
-    """Databricks Model Serving endpoints, blue/green by served entity."""
-    from shared.adapters.databricks.serving import DatabricksServing
+    """Databricks Model Serving endpoints, blue/green by served entity, sized by the catalogue."""
+    from shared.adapters.databricks.serving import DatabricksServing, sizing_from_catalogue
 
     settings = wiring.settings
+    # Each endpoint's workload_size / scale_to_zero_enabled, once the wiring carries the catalogue.
+    catalogue = getattr(wiring, "catalogue", None)
     return DatabricksServing(
         host=settings.databricks_host or None,
         token=settings.databricks_token or None,
         http_timeout_seconds=settings.databricks_http_timeout_seconds,
+        sizing=sizing_from_catalogue(catalogue) if catalogue is not None else None,
+    )
+
+
+def mlflow_sign_in(wiring: Wiring) -> bool:
+    """Let MLflow's plain ``databricks`` / ``databricks-uc`` URIs sign in with the app's managed identity.
+
+    Only where no Databricks credential is set and an identity is there (Functions) or asked for;
+    whether it was installed. Call once, before the first MLflow request.
+    """
+    from shared.adapters.databricks.mlflow_auth import install_if_wanted
+
+    settings = wiring.settings
+    return install_if_wanted(
+        wiring.tracking_uri,
+        wiring.registry_uri,
+        host=settings.databricks_host or None,
+        token=settings.databricks_token or None,
     )
