@@ -35,7 +35,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-__all__ = ["Call", "DatabricksRest", "Fault", "databricks_env"]
+__all__ = [
+    "Call",
+    "DatabricksRest",
+    "Fault",
+    "catalogue_for",
+    "databricks_env",
+    "isolate_mlflow_http_env",
+    "lifecycle_step",
+]
 
 UC = "/api/2.0/mlflow/unity-catalog"
 WS = "/api/2.0/mlflow"
@@ -468,10 +476,26 @@ def databricks_env(monkeypatch: Any, server: DatabricksRest) -> None:
         "ARM_USE_MSI",
     ):
         monkeypatch.delenv(name, raising=False)
+    isolate_mlflow_http_env(monkeypatch)
     monkeypatch.setenv("DATABRICKS_HOST", server.url)
     monkeypatch.setenv("DATABRICKS_TOKEN", server.token)
     # No ~/.databrickscfg of the machine may supply another host or credential.
     monkeypatch.setenv("DATABRICKS_CONFIG_FILE", "/nonexistent/databrickscfg")
+
+
+def isolate_mlflow_http_env(monkeypatch: Any) -> None:
+    """Unset MLflow's HTTP variables for the test, and put them back as they were after it.
+
+    The adapters set them in ``os.environ`` (not through monkeypatch); recording each first makes
+    monkeypatch restore it, so no test leaves them behind for the next.
+    """
+    import os
+
+    from shared.adapters.mlflow.client import HTTP_DEFAULTS
+
+    for name in HTTP_DEFAULTS:
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        monkeypatch.delenv(name)
 
 
 # -- the lifecycle through the handlers, over a registry adapter ------------------------------------

@@ -141,10 +141,9 @@ def test_get_missing_version_raises_lookup_error(
 
 
 def test_an_unreachable_server_is_transient_within_the_bounded_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.adapters.mlflow.client import HTTP_DEFAULTS
+    from tests.databricks_rest import isolate_mlflow_http_env
 
-    for name in HTTP_DEFAULTS:
-        monkeypatch.delenv(name, raising=False)
+    isolate_mlflow_http_env(monkeypatch)  # the adapter's bounded defaults, not another test's values
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

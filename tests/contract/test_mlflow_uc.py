@@ -17,7 +17,14 @@ from shared.adapters.mlflow.client import HTTP_DEFAULTS
 from shared.adapters.mlflow.evaluator import MlflowEvaluator
 from shared.adapters.mlflow.registry import MlflowRegistry
 from shared.errors import PermanentError, TransientError, UnknownVersion
-from tests.databricks_rest import UC, DatabricksRest, catalogue_for, databricks_env, lifecycle_step
+from tests.databricks_rest import (
+    UC,
+    DatabricksRest,
+    catalogue_for,
+    databricks_env,
+    isolate_mlflow_http_env,
+    lifecycle_step,
+)
 from tests.fakes import services
 
 MODEL = "main.signalbox.churn"
@@ -194,8 +201,7 @@ def test_an_unanswered_request_is_transient_on_the_requests_path(
 def test_bounded_http_defaults_are_set_unless_the_app_sets_them(
     uc: DatabricksRest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in HTTP_DEFAULTS:
-        monkeypatch.delenv(name, raising=False)
+    isolate_mlflow_http_env(monkeypatch)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")  # an app setting wins
     registry = MlflowRegistry("databricks", "databricks-uc")
     import os
