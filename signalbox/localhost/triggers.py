@@ -161,16 +161,25 @@ class QueuePump:
             )
 
     def _renew_lock(self, message: ReceivedMessage, done: threading.Event) -> None:
-        # Renew at half the lock duration, for at most maxAutoLockRenewalDuration.
+        # Renew at half the lock duration, for at most host.json's maxAutoLockRenewalDuration: the Service
+        # Bus extension (v5) applies that one setting to message locks and to session locks. On a session
+        # queue the local session lock is the lock of the session's message in flight, so this renews both.
         deadline = time.monotonic() + self.options.max_auto_lock_renewal.total_seconds()
         interval = max(self.lock_duration.total_seconds() / 2, 0.05)
-        while not done.wait(interval):
+        wait = interval
+        while not done.wait(wait):
             if time.monotonic() >= deadline:
                 return
             try:
                 self.queues.renew_lock(self.queue, message.lock_token)
             except MessageLockLost:
                 return
+            except Exception as exc:
+                # A busy queue file, say: the lock still has half its time, so try again soon.
+                log.warning("renewing the lock of message %s on %s failed: %s", message.message_id, self.queue, exc)
+                wait = max(interval / 4, 0.05)
+            else:
+                wait = interval
 
 
 class TimerRunner:

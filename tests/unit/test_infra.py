@@ -335,6 +335,26 @@ def test_queues_json_values_are_ones_service_bus_accepts():
         assert isinstance(entry["deadLetteringOnMessageExpiration"], bool)
 
 
+def test_a_crashed_worker_s_messages_and_sessions_return_within_a_minute():
+    """Short locks in Azure (the queue resource takes lockDuration from queues.json, checked above),
+    renewed by the Functions host for as long as a function may run.
+
+    The Service Bus extension (v5) renews message locks and, for session triggers, session locks for
+    host.json's ``extensions.serviceBus.maxAutoLockRenewalDuration`` (default 00:05:00); past that a
+    lock lapses while the function still runs and the message is delivered a second time.
+    """
+    from signalbox.localhost.config import parse_timespan
+
+    host = json.loads((REPO / "host.json").read_text())
+    renewal = parse_timespan(host["extensions"]["serviceBus"]["maxAutoLockRenewalDuration"], where="host.json")
+    timeout = parse_timespan(host["functionTimeout"], where="host.json")
+    assert renewal >= timeout, "a lock must be renewed for as long as a function may run"
+    for entry in json.loads(QUEUES_JSON.read_text())["queues"]:
+        lock = parse_iso_duration(entry["lockDuration"])
+        assert lock.total_seconds() <= 60, f"{entry['name']}: a crashed worker's lock would hold for {lock}"
+        assert renewal > lock
+
+
 def test_no_queue_name_is_written_in_bicep():
     names = {entry["name"] for entry in json.loads(QUEUES_JSON.read_text())["queues"]}
     for path in BICEP_FILES:

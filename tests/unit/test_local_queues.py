@@ -6,10 +6,12 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,9 +27,12 @@ from shared.queues import QUEUES
 
 REPO = Path(__file__).resolve().parents[2]
 
-TRAIN = "train"  # non-session: lock PT1M, max delivery 5, TTL P1D, dedup window P1D
-PROMOTE = "promote"  # session queue: lock PT1M
+TRAIN = "train"  # non-session: max delivery 5, TTL P1D, dedup window P1D
+PROMOTE = "promote"  # session queue
 POLL_RUN = "poll-run"  # non-session, its own duplicate history
+# The shipped lock durations (shared/queues.json): short, so a crashed consumer's work returns fast.
+LOCK = QUEUES[TRAIN].lock_duration.total_seconds()
+SESSION_LOCK = QUEUES[PROMOTE].lock_duration.total_seconds()
 
 
 class FakeClock:
@@ -186,7 +191,7 @@ def test_crashed_consumer_at_max_delivery_is_dead_lettered_with_last_error(
     assert last.delivery_count == max_deliveries
 
     # The consumer dies holding the lock: no abandon, no complete.
-    clock.advance(seconds=61)
+    clock.advance(seconds=LOCK + 1)
 
     assert queues.receive(TRAIN) == [], "a message at MaxDeliveryCount is not delivered again"
     [dead] = queues.peek(TRAIN, dead_letter=True)
@@ -205,7 +210,7 @@ def test_lock_expiry_redelivers_to_another_receiver(db: Path, clock: FakeClock) 
     receiver_a.send(TRAIN, msg("m-1"))
     [held] = receiver_a.receive(TRAIN)
 
-    clock.advance(seconds=59)
+    clock.advance(seconds=LOCK - 1)
     assert receiver_b.receive(TRAIN) == []
     clock.advance(seconds=1)  # exactly locked_until: the lock has lapsed
 
@@ -222,11 +227,11 @@ def test_renew_lock_extends_the_lock(queues: LocalQueues, clock: FakeClock) -> N
     queues.send(TRAIN, msg("m-1"))
     [got] = queues.receive(TRAIN)
 
-    clock.advance(seconds=50)
+    clock.advance(seconds=LOCK * 0.8)
     renewed = queues.renew_lock(TRAIN, got.lock_token)
-    assert renewed == clock.now + timedelta(minutes=1)
+    assert renewed == clock.now + QUEUES[TRAIN].lock_duration
 
-    clock.advance(seconds=50)  # 100 s after receive: past the original lock, within the renewed one
+    clock.advance(seconds=LOCK * 0.8)  # 1.6 locks after receive: past the original lock, within the renewed one
     assert queues.receive(TRAIN) == []
     assert queues.counts(TRAIN)["locked"] == 1
     [peeked] = queues.peek(TRAIN)
@@ -239,7 +244,7 @@ def test_renew_lock_extends_the_lock(queues: LocalQueues, clock: FakeClock) -> N
 def test_renew_lock_after_expiry_or_with_unknown_token_raises(queues: LocalQueues, clock: FakeClock) -> None:
     queues.send(TRAIN, msg("m-1"))
     [got] = queues.receive(TRAIN)
-    clock.advance(minutes=2)
+    clock.advance(seconds=LOCK * 2)
 
     with pytest.raises(MessageLockLost):
         queues.renew_lock(TRAIN, got.lock_token)
@@ -254,7 +259,7 @@ def test_renew_lock_after_expiry_or_with_unknown_token_raises(queues: LocalQueue
 def test_complete_after_lock_expiry_raises_and_message_stays(queues: LocalQueues, clock: FakeClock) -> None:
     queues.send(TRAIN, msg("m-1"))
     [got] = queues.receive(TRAIN)
-    clock.advance(seconds=61)
+    clock.advance(seconds=LOCK + 1)
 
     with pytest.raises(MessageLockLost, match="unknown or has expired"):
         queues.complete(TRAIN, got.lock_token)
@@ -414,7 +419,7 @@ def test_session_lock_expiry_redelivers_the_head_first(queues: LocalQueues, cloc
     queues.send_many(PROMOTE, [msg(f"m{i}", session_id="model-x") for i in range(2)])
     [held] = queues.receive(PROMOTE)
 
-    clock.advance(seconds=61)
+    clock.advance(seconds=SESSION_LOCK + 1)
 
     [again] = queues.receive(PROMOTE, max_messages=5)
     assert (again.message_id, again.delivery_count) == ("m0", 2)
@@ -599,3 +604,110 @@ def test_kill_9_of_a_consumer_loses_nothing(db: Path) -> None:
     [again] = queues.receive(TRAIN)
     assert (again.message_id, again.delivery_count) == ("m-1", 2)
     queues.complete(TRAIN, again.lock_token)
+
+
+# -- crash recovery: short locks, renewed while a handler works --------------------------------------
+
+
+def test_shipped_locks_are_short_so_a_crashed_consumer_s_work_returns_within_a_minute() -> None:
+    for spec in QUEUES.values():
+        assert timedelta(seconds=5) <= spec.lock_duration <= timedelta(seconds=60), spec
+
+
+def test_a_renewed_session_lock_holds_the_session_and_a_dead_holder_releases_it_within_one_lock(
+    queues: LocalQueues, clock: FakeClock
+) -> None:
+    queues.send_many(PROMOTE, [msg("a1", session_id="A"), msg("a2", session_id="A"), msg("b1", session_id="B")])
+    a1, b1 = queues.receive(PROMOTE, max_messages=10)
+    assert (a1.message_id, b1.message_id) == ("a1", "b1")
+    queues.complete(PROMOTE, b1.lock_token)
+    for _ in range(6):  # three lock durations, renewed at half the lock as the host's pump does
+        clock.advance(seconds=SESSION_LOCK / 2)
+        queues.renew_lock(PROMOTE, a1.lock_token)
+        assert queues.receive(PROMOTE, max_messages=10) == [], "session A stays with its holder"
+
+    # The holder is killed: no renewal, no settlement. The session is free one lock duration later.
+    clock.advance(seconds=SESSION_LOCK - 0.001)
+    assert queues.receive(PROMOTE, max_messages=10) == []
+    clock.advance(seconds=0.001)
+    [again] = queues.receive(PROMOTE, max_messages=10)
+    assert (again.message_id, again.delivery_count) == ("a1", 2), "the head first, counted as a delivery"
+    with pytest.raises(MessageLockLost):
+        queues.renew_lock(PROMOTE, a1.lock_token)
+
+
+def _pump(db: Path, lock_seconds: float, options: Any, work: Any) -> tuple[Any, LocalQueues]:
+    from signalbox.localhost.index import HostedFunction
+    from signalbox.localhost.triggers import QueuePump
+
+    spec = replace(QUEUES[PROMOTE], lock_duration=timedelta(seconds=lock_seconds), max_delivery_count=10)
+    queues = LocalQueues(db, specs={PROMOTE: spec})
+    function = HostedFunction(
+        name="work",
+        trigger_type="serviceBusTrigger",
+        trigger={"name": "msg", "queueName": PROMOTE, "isSessionsEnabled": True},
+        bindings=[],
+        user_function=work,
+    )
+    return QueuePump(function, queues, options, lambda *_: None, poll_interval=0.02), queues
+
+
+def test_the_pump_renews_the_session_lock_while_the_function_runs(db: Path, tmp_path: Path) -> None:
+    from signalbox.localhost.config import HostConfig
+
+    host_json = tmp_path / "host.json"
+    host_json.write_text(json.dumps({"version": "2.0", "extensions": {"serviceBus": {}}}))
+    calls: list[tuple[str, int, float, float]] = []
+
+    def work(msg: Any) -> None:
+        began = time.monotonic()
+        time.sleep(2.0 if msg.message_id == "a1" else 0.0)  # four lock durations
+        calls.append((msg.message_id, msg.delivery_count, began, time.monotonic()))
+
+    # host.json without the setting: the extension's default, 5 minutes, covers the two seconds.
+    pump, queues = _pump(db, 0.5, HostConfig.load(host_json).service_bus, work)
+    queues.send_many(PROMOTE, [msg("a1", session_id="A"), msg("a2", session_id="A")])
+    pump.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        pump.stop()
+    assert [(c[0], c[1]) for c in calls] == [("a1", 1), ("a2", 1)], "never redelivered while it ran"
+    assert calls[1][2] >= calls[0][3], "the session's next message waited for the first to finish"
+    assert queues.counts(PROMOTE) == {"active": 0, "scheduled": 0, "locked": 0, "dead_letter": 0}
+
+
+def test_the_pump_stops_renewing_after_host_json_s_max_auto_lock_renewal(db: Path, tmp_path: Path) -> None:
+    from signalbox.localhost.config import HostConfig
+
+    host_json = tmp_path / "host.json"
+    host_json.write_text(
+        json.dumps({"version": "2.0", "extensions": {"serviceBus": {"maxAutoLockRenewalDuration": "00:00:01"}}})
+    )
+    calls: list[tuple[str, int]] = []
+    release = threading.Event()
+
+    def work(msg: Any) -> None:
+        calls.append((msg.message_id, msg.delivery_count))
+        if msg.delivery_count == 1:
+            release.wait(10)  # runs past the renewal limit: the lock lapses and the session moves on
+
+    options = HostConfig.load(host_json).service_bus
+    assert options.max_auto_lock_renewal == timedelta(seconds=1)
+    pump, queues = _pump(db, 0.5, options, work)
+    queues.send(PROMOTE, msg("a1", session_id="A"))
+    began = time.monotonic()
+    pump.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        redelivered_after = time.monotonic() - began
+    finally:
+        release.set()
+        pump.stop()
+    assert calls[:2] == [("a1", 1), ("a1", 2)]
+    # Renewed for 1 s (host.json), then lapsed one lock (0.5 s) later; not before.
+    assert 1.0 <= redelivered_after < 4.0, redelivered_after
