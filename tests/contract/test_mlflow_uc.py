@@ -306,3 +306,19 @@ def test_evaluator_download_failures_become_signalbox_errors(
     )
     with pytest.raises(PermanentError, match="no EXECUTE"):
         MlflowEvaluator("databricks", "databricks-uc").score(MODEL, version, str(_dataset(tmp_path)), ["accuracy"])
+
+
+def test_uc_search_results_are_read_one_by_one_even_under_an_unrecognised_uri(
+    registry: MlflowRegistry, uc: DatabricksRest
+) -> None:
+    from shared.adapters.mlflow.client import Capabilities
+
+    uc.add_version(MODEL, {"stage": "production"})
+    uc.add_version(MODEL, {"stage": "staged"})
+    registry.capabilities = Capabilities()  # as if the URI had not said Unity Catalog
+    assert [(v.version, v.tags) for v in registry.list_versions(MODEL)] == [
+        ("1", {"stage": "production"}),
+        ("2", {"stage": "staged"}),
+    ]
+    # The tag-filtered search UC refuses falls back to the listing, read one by one.
+    assert [v.version for v in registry.versions_with_tag(MODEL, "stage", "staged")] == ["2"]

@@ -46,6 +46,9 @@ _PAGE_SIZE = 1000
 _PARALLEL_READS = 8
 # Where a registry has no aliases, the alias each stage stands for (see the module docstring).
 _STAGE_OF_ALIAS = {"champion": "production", "challenger": "staged"}
+# The history of a model: one run per entry in the experiment ``<prefix><model>``, its fields as tags.
+_HISTORY_TAG = "signalbox.history."
+_HISTORY_MODEL_TAG = "signalbox.history_of"
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -111,12 +114,18 @@ def _commit_without_fsync(store: Any) -> None:
 class MlflowRegistry:
     """Registry port over ``mlflow.MlflowClient``."""
 
-    def __init__(self, tracking_uri: str, registry_uri: str | None = None) -> None:
+    def __init__(self, tracking_uri: str, registry_uri: str | None = None, history_prefix: str | None = None) -> None:
         bound_http_defaults()  # before the first request: MLflow reads them per request
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
         self._client: MlflowClient = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+        self._tracking_uri = tracking_uri
+        # Databricks experiments live in the workspace tree: /Shared exists in every workspace.
+        self._history_prefix = history_prefix or (
+            "/Shared/signalbox-history-" if tracking_uri.startswith("databricks") else "signalbox-history-"
+        )
+        self._history_experiments: dict[str, str] = {}
         self._mlflow_exception: type[Exception] = MlflowException
         # The URI MLflow resolved (a "databricks" tracking URI alone means Unity Catalog in MLflow 3).
         self.registry_uri: str = str(self._client._registry_uri)
@@ -211,7 +220,9 @@ class MlflowRegistry:
 
     def _sorted(self, versions: Iterable[MlflowModelVersion]) -> list[ModelVersion]:
         found = list(versions)
-        if not self.capabilities.search_tags:
+        # A Unity Catalog search result (``ModelVersionSearch``) has methods that raise where tags and
+        # aliases should be: read those versions one by one, whatever the URI said.
+        if not self.capabilities.search_tags or any(callable(v.tags) for v in found):
             ported = self._read_each(found)
         elif not self.capabilities.aliases:
             ported = [self._to_port(v) for v in found]
@@ -373,6 +384,103 @@ class MlflowRegistry:
                 raise
         self.ensure_model(model_name)
         self._writer.set_registered_model_tag(model_name, key, value)
+
+    @_translated
+    def has_model_files(self, model_name: str, version: str) -> bool:
+        """Whether the version's ``MLmodel`` can still be listed, through MLflow's ``models:/`` artifact repository.
+
+        One code path for every registry: the repository resolves the version's storage (a run's
+        artifacts, a logged model, Unity Catalog's temporary credentials). Storage that answers
+        "not found" means the files are gone; a missing version is ``UnknownVersion``.
+        """
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        self.get_version(model_name, version)
+        try:
+            repository = get_artifact_repository(
+                f"models:/{model_name}/{version}", tracking_uri=self._tracking_uri, registry_uri=self.registry_uri
+            )
+            listed = repository.list_artifacts()
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except Exception as error:
+            if self._is(error, "RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                return False
+            raise
+        return any(info.path.rsplit("/", 1)[-1] == "MLmodel" for info in listed)
+
+    @_translated
+    def append_history(self, model_name: str, entry: Mapping[str, str]) -> None:
+        """One MLflow run per entry in the model's history experiment: ``create_run`` with the entry as tags.
+
+        A run per entry because tags cannot hold an unbounded log everywhere (Unity Catalog allows
+        50 tags per registered model or version, 1,000 characters each); runs are append-only,
+        one request writes one (plus one experiment lookup per process), and a search reads them back.
+        """
+        experiment_id = self._history_experiment(model_name)
+        at = datetime.fromisoformat(entry["at"])
+        tags = {f"{_HISTORY_TAG}{key}": value for key, value in entry.items()}
+        tags[_HISTORY_MODEL_TAG] = model_name
+        run = self._client.create_run(
+            experiment_id,
+            start_time=int(at.timestamp() * 1000),
+            tags=tags,
+            run_name=str(entry.get("kind", "entry"))[:200],
+        )
+        # Finished at once, so the MLflow UI shows it as a record rather than a running job.
+        self._client.set_terminated(run.info.run_id, status="FINISHED", end_time=int(at.timestamp() * 1000))
+
+    @_translated
+    def history(self, model_name: str, since: datetime | None = None) -> list[dict[str, str]]:
+        """The model's entries at or after ``since``: one search page per 1,000 entries (a start-time filter)."""
+        experiment_id = self._history_experiment(model_name, create=False)
+        if experiment_id is None:
+            return []
+        filter_string = f"attributes.start_time >= {int(since.timestamp() * 1000)}" if since is not None else ""
+        entries: list[dict[str, str]] = []
+        page_token: str | None = None
+        while True:
+            page = self._client.search_runs(
+                [experiment_id],
+                filter_string=filter_string,
+                max_results=_PAGE_SIZE,
+                order_by=["attributes.start_time DESC"],
+                page_token=page_token,
+            )
+            for run in page:
+                tags = run.data.tags
+                if tags.get(_HISTORY_MODEL_TAG) != model_name:
+                    continue
+                entries.append(
+                    {k.removeprefix(_HISTORY_TAG): v for k, v in tags.items() if k.startswith(_HISTORY_TAG)}
+                )
+            page_token = page.token
+            if not page_token:
+                return entries
+
+    def _history_experiment(self, model_name: str, *, create: bool = True) -> str | None:
+        """The id of the model's history experiment (created on the first entry), remembered per process."""
+        known = self._history_experiments.get(model_name)
+        if known is not None:
+            return known
+        name = f"{self._history_prefix}{model_name}"
+        found = self._client.get_experiment_by_name(name)
+        if found is not None:
+            experiment_id = str(found.experiment_id)
+        elif not create:
+            return None
+        else:
+            try:
+                experiment_id = str(self._client.create_experiment(name, tags={_HISTORY_MODEL_TAG: model_name}))
+            except Exception as error:
+                if not self._is(error, "RESOURCE_ALREADY_EXISTS"):  # another worker created it first
+                    raise
+                again = self._client.get_experiment_by_name(name)
+                if again is None:
+                    raise
+                experiment_id = str(again.experiment_id)
+        self._history_experiments[model_name] = experiment_id
+        return experiment_id
 
     # -- beyond the port -------------------------------------------------------------------------
 
