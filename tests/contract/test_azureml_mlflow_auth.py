@@ -409,6 +409,28 @@ def test_why_not_a_request_header_provider(fake: FakeWorkspaceMlflow, monkeypatc
     assert [s.probe for s in fake.seen] == ["would-be-a-token"]
 
 
+def test_an_explicit_azureml_tracking_uri_is_served_the_same_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from shared.adapters import azureml
+
+    monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "unset")
+    monkeypatch.delenv("MLFLOW_TRACKING_AUTH")
+    local = SimpleNamespace(
+        tracking_uri="http://127.0.0.1:5000", mlflow_tracking_uri="http://127.0.0.1:5000", registry_uri=""
+    )
+    assert azureml.mlflow_uris(local) == ("http://127.0.0.1:5000", None)  # type: ignore[arg-type]
+    import os
+
+    assert "MLFLOW_TRACKING_AUTH" not in os.environ  # nothing to sign
+
+    printed = f"azureml://{AZURE_HOST}/mlflow/v1.0{WS_PATH}"  # what `az ml workspace show` prints
+    explicit = SimpleNamespace(tracking_uri=printed, mlflow_tracking_uri=printed, registry_uri="")
+    https = f"https://{AZURE_HOST}/mlflow/v2.0{WS_PATH}"
+    assert azureml.mlflow_uris(explicit) == (https, None)  # type: ignore[arg-type]
+    assert os.environ["MLFLOW_TRACKING_AUTH"] == "signalbox-azureml"
+
+
 def test_token_scope_is_only_for_azure_ml_hosts() -> None:
     assert mlflow_auth.token_scope("westeurope.api.azureml.ms") == ARM_SCOPE
     assert mlflow_auth.token_scope("6f9a.workspace.westeurope.api.azureml.ms") == ARM_SCOPE  # private link

@@ -36,12 +36,38 @@ def serving(wiring: Wiring) -> Serving:
 
 
 def mlflow_uris(settings: Settings) -> tuple[str, str | None]:
-    """The workspace's MLflow endpoint for tracking and registry (an explicit MLFLOW_TRACKING_URI wins)."""
+    """The workspace's MLflow endpoint for tracking and registry (an explicit MLFLOW_TRACKING_URI wins).
+
+    An explicit ``azureml://`` URI (what ``az ml workspace show`` prints) becomes its https form; with
+    either form, MLflow's requests to Azure ML carry the app's Entra ID token (``mlflow_auth``).
+    """
     if settings.tracking_uri:
-        return settings.mlflow_tracking_uri, settings.registry_uri or None
+        tracking, registry = settings.mlflow_tracking_uri, settings.registry_uri or None
+        if not any(_is_azureml(uri) for uri in (tracking, registry) if uri):
+            return tracking, registry
+        from shared.adapters.azureml import mlflow_auth
+        from shared.errors import PermanentError
+
+        try:
+            tracking = mlflow_auth.https_tracking_uri(tracking) if _is_azureml(tracking) else tracking
+            registry = mlflow_auth.https_tracking_uri(registry) if registry and _is_azureml(registry) else registry
+            mlflow_auth.enable()
+        except ValueError as exc:
+            raise PermanentError(f"MLflow tracking / registry URI: {exc}") from None
+        return tracking, registry
     from shared.adapters.azureml.compute import workspace_tracking_uri
 
     uri = workspace_tracking_uri(
         settings.azureml_subscription_id, settings.azureml_resource_group, settings.azureml_workspace
     )
     return uri, uri
+
+
+def _is_azureml(uri: str) -> bool:
+    """Whether the URI is an Azure ML workspace's MLflow endpoint (``azureml://`` or https to its host)."""
+    from urllib.parse import urlsplit
+
+    from shared.adapters.azureml.mlflow_auth import token_scope
+
+    parts = urlsplit(uri)
+    return parts.scheme == "azureml" or (parts.scheme == "https" and token_scope(parts.hostname) is not None)

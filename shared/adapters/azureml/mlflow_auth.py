@@ -16,7 +16,6 @@ what the plugin asks for too, and are cached until five minutes before they expi
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -143,10 +142,13 @@ def enable(credential: TokenCredential | None = None) -> None:
 
     Sets ``MLFLOW_TRACKING_AUTH`` (read by MLflow on every request); refuses to replace another provider.
     """
-    current = os.environ.get("MLFLOW_TRACKING_AUTH")
+    from mlflow.environment_variables import MLFLOW_TRACKING_AUTH
+
+    # Set here, so the function app needs no such setting; one someone set for another provider wins.
+    current = MLFLOW_TRACKING_AUTH.get()
     if current and current != AUTH_NAME:
         raise ValueError(f"MLFLOW_TRACKING_AUTH is {current!r}; Azure ML needs {AUTH_NAME!r} (or leave it unset)")
-    os.environ["MLFLOW_TRACKING_AUTH"] = AUTH_NAME
+    MLFLOW_TRACKING_AUTH.set(AUTH_NAME)
     _register()
     if credential is not None:
         _AUTH.use(credential)
