@@ -27,32 +27,32 @@ if TYPE_CHECKING:
 
 # SIGNALBOX_BUS → the bus, its dead letters and its queue depths (one access, chosen once).
 QUEUES: Mapping[str, Callable[[Wiring], tuple[Bus, DeadLetterSessions, QueueDepths]]] = {
-    "local": local.queues,
-    "servicebus": servicebus.queues,
+    "local": local.make_queues,
+    "servicebus": servicebus.make_queues,
 }
 # SIGNALBOX_REGISTRY → the MLflow tracking and registry URIs.
 MLFLOW_URIS: Mapping[str, Callable[[Settings], tuple[str, str | None]]] = {
     "mlflow": mlflow.uris,
     "azureml": azureml.mlflow_uris,
 }
-REGISTRY: Callable[[Wiring], Registry] = mlflow.registry
-EVALUATOR: Callable[[Wiring], Evaluator] = mlflow.evaluator
+REGISTRY: Callable[[Wiring], Registry] = mlflow.make_registry
+EVALUATOR: Callable[[Wiring], Evaluator] = mlflow.make_evaluator
 # training.backend of a catalogue model → its compute.
 COMPUTE: Mapping[str, Callable[[Wiring], Compute]] = {
-    "local": local.compute,
-    "databricks": databricks.compute,
-    "azureml": azureml.compute,
+    "local": local.make_compute,
+    "databricks": databricks.make_compute,
+    "azureml": azureml.make_compute,
 }
 # SIGNALBOX_SERVING → real-time endpoints.
 SERVING: Mapping[str, Callable[[Wiring], Serving]] = {
-    "local": local.serving,
-    "databricks": databricks.serving,
-    "azureml": azureml.serving,
+    "local": local.make_serving,
+    "databricks": databricks.make_serving,
+    "azureml": azureml.make_serving,
 }
 # SIGNALBOX_LANDING → the landing zone.
-LANDING: Mapping[str, Callable[[Wiring], LandingZone]] = {"local": local.landing, "blob": azure.landing}
+LANDING: Mapping[str, Callable[[Wiring], LandingZone]] = {"local": local.make_landing, "blob": azure.make_landing}
 # SIGNALBOX_EVENTS → lifecycle events out.
-EVENTS: Mapping[str, Callable[[Wiring], LifecycleEvents]] = {"local": local.events, "eventgrid": azure.events}
+EVENTS: Mapping[str, Callable[[Wiring], LifecycleEvents]] = {"local": local.make_events, "eventgrid": azure.make_events}
 
 
 def _utcnow() -> datetime:
@@ -101,7 +101,8 @@ def bootstrap(settings: Settings | None = None) -> Services:
     backends: set[str] = {m.training.backend for m in catalogue.models.values()}
     check_cloud_settings(settings, backends)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    wiring = Wiring(settings, *MLFLOW_URIS[settings.registry](settings))
+    wiring = Wiring(settings, *MLFLOW_URIS[settings.registry](settings), catalogue=catalogue)
+    databricks.mlflow_sign_in(wiring)  # MLflow's databricks URIs with the app's identity, where wanted
     bus, dead_letters, queue_depths = QUEUES[settings.bus](wiring)
     return Services(
         settings=settings,

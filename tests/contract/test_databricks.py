@@ -1250,25 +1250,18 @@ def test_stop_after_route_waits_for_the_routing_update_then_removes_the_old_enti
 def test_the_serving_factory_sizes_endpoints_from_the_catalogue_the_wiring_carries(
     fake: FakeDatabricks, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    import importlib
     from types import SimpleNamespace
 
-    import shared.adapters.databricks
-
-    # Importing the submodule shared.adapters.databricks.serving rebinds the package's ``serving``
-    # factory to that module (reported to the integrator); re-running the package brings it back,
-    # and monkeypatch puts the package's attributes back as they were afterwards.
-    for name in ("compute", "serving"):
-        monkeypatch.setattr(shared.adapters.databricks, name, getattr(shared.adapters.databricks, name))
-    databricks = importlib.reload(shared.adapters.databricks)
+    import shared.adapters.databricks as databricks
+    import shared.adapters.databricks.serving  # noqa: F401 - once imported, the factory must still be there
 
     catalogue = tmp_path / "catalogue.toml"
     catalogue.write_text(
         (REPO / "catalogue.toml").read_text().replace('workload_size = "Small"', 'workload_size = "Medium"')
     )
     settings = SimpleNamespace(databricks_host=fake.url, databricks_token=TOKEN, databricks_http_timeout_seconds=5.0)
-    wiring: Any = SimpleNamespace(settings=settings, tracking_uri="databricks", registry_uri=None)
-    assert databricks.serving(wiring).sizing == {}  # type: ignore[attr-defined]  # today's defaults
+    wiring: Any = SimpleNamespace(settings=settings, tracking_uri="databricks", registry_uri=None, catalogue=None)
+    assert databricks.make_serving(wiring).sizing == {}  # type: ignore[attr-defined]  # today's defaults
     wiring.catalogue = load_catalogue(catalogue)
-    assert databricks.serving(wiring).sizing == {"iris": EntitySizing("Medium", True)}  # type: ignore[attr-defined]
+    assert databricks.make_serving(wiring).sizing == {"iris": EntitySizing("Medium", True)}  # type: ignore[attr-defined]
     assert not databricks.mlflow_sign_in(wiring)  # a token is configured: MLflow keeps it

@@ -89,3 +89,20 @@ def test_every_value_a_setting_accepts_has_one_factory_in_the_tables():
     assert choices(Settings, "landing") == set(bootstrap.LANDING)
     assert choices(Settings, "events") == set(bootstrap.EVENTS)
     assert choices(Training, "backend") == set(bootstrap.COMPUTE)
+
+
+def test_importing_an_adapter_module_does_not_replace_its_package_factory():
+    import importlib
+    import pkgutil
+
+    import shared.adapters
+    from shared import bootstrap
+
+    for info in pkgutil.walk_packages(shared.adapters.__path__, "shared.adapters."):
+        importlib.import_module(info.name)
+    tables = [bootstrap.QUEUES, bootstrap.COMPUTE, bootstrap.SERVING, bootstrap.LANDING, bootstrap.EVENTS]
+    for factory in [f for table in tables for f in table.values()] + [bootstrap.REGISTRY, bootstrap.EVALUATOR]:
+        assert callable(factory) and factory.__name__.startswith("make_"), factory
+    for package in ("local", "servicebus", "databricks", "azureml", "azure", "mlflow"):
+        module = importlib.import_module(f"shared.adapters.{package}")
+        assert all(callable(getattr(module, name)) for name in dir(module) if name.startswith("make_"))

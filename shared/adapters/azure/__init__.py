@@ -9,14 +9,14 @@ if TYPE_CHECKING:
     from shared.ports import LandingZone, LifecycleEvents
 
 
-def landing(wiring: Wiring) -> LandingZone:
+def make_landing(wiring: Wiring) -> LandingZone:
     """A Storage account's containers, read with the app's identity."""
     from shared.adapters.azure.landing import BlobLandingZone
 
     return BlobLandingZone()
 
 
-def events(wiring: Wiring) -> LifecycleEvents:
+def make_events(wiring: Wiring) -> LifecycleEvents:
     """Lifecycle events to an Event Grid custom topic (key, or the app's identity)."""
     from shared.adapters.azure.events import EventGridLifecycleEvents
 

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 
-def compute(wiring: Wiring) -> Compute:
+def make_compute(wiring: Wiring) -> Compute:
     """Azure ML command jobs in the workspace."""
     from shared.adapters.azureml.compute import AzureMLCompute
 
@@ -22,7 +22,7 @@ def compute(wiring: Wiring) -> Compute:
     )
 
 
-def serving(wiring: Wiring) -> Serving:
+def make_serving(wiring: Wiring) -> Serving:
     """Azure ML managed online endpoints, blue/green by deployment."""
     from shared.adapters.azureml.serving import AzureMLServing
 

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from shared.ports import Compute, Serving
 
 
-def compute(wiring: Wiring) -> Compute:
+def make_compute(wiring: Wiring) -> Compute:
     """Databricks Jobs (a token, or the app's managed identity when none is set)."""
     from shared.adapters.databricks.compute import DatabricksCompute
 
@@ -21,13 +21,12 @@ def compute(wiring: Wiring) -> Compute:
     )
 
 
-def serving(wiring: Wiring) -> Serving:
+def make_serving(wiring: Wiring) -> Serving:
     """Databricks Model Serving endpoints, blue/green by served entity, sized by the catalogue."""
     from shared.adapters.databricks.serving import DatabricksServing, sizing_from_catalogue
 
     settings = wiring.settings
-    # Each endpoint's workload_size / scale_to_zero_enabled, once the wiring carries the catalogue.
-    catalogue = getattr(wiring, "catalogue", None)
+    catalogue = wiring.catalogue  # each endpoint's workload_size / scale_to_zero_enabled
     return DatabricksServing(
         host=settings.databricks_host or None,
         token=settings.databricks_token or None,

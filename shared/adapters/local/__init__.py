@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from shared.queue_depths import QueueDepths
 
 
-def queues(wiring: Wiring) -> tuple[Bus, DeadLetterSessions, QueueDepths]:
+def make_queues(wiring: Wiring) -> tuple[Bus, DeadLetterSessions, QueueDepths]:
     """The bus, the dead letters and the queue depths over one set of SQLite queues in the state dir."""
     from shared.adapters.local.bus import LocalBus
     from shared.adapters.local.deadletters import local_dead_letters
@@ -22,14 +22,14 @@ def queues(wiring: Wiring) -> tuple[Bus, DeadLetterSessions, QueueDepths]:
     return LocalBus(local), local_dead_letters(local), LocalQueueDepths(local)
 
 
-def compute(wiring: Wiring) -> Compute:
+def make_compute(wiring: Wiring) -> Compute:
     """Training and scoring jobs as local processes, logging to the tracking server."""
     from shared.adapters.local.compute import LocalCompute
 
     return LocalCompute(wiring.settings.state_dir, wiring.tracking_uri)
 
 
-def serving(wiring: Wiring) -> Serving:
+def make_serving(wiring: Wiring) -> Serving:
     """MLflow scoring servers behind a stable local URL."""
     from shared.adapters.local.serving import LocalServing
 
@@ -37,14 +37,14 @@ def serving(wiring: Wiring) -> Serving:
     return LocalServing(settings.state_dir, wiring.tracking_uri, settings.host_url, registry_uri=wiring.registry_uri)
 
 
-def landing(wiring: Wiring) -> LandingZone:
+def make_landing(wiring: Wiring) -> LandingZone:
     """A local folder as the landing zone."""
     from shared.adapters.local.landing import LocalLandingZone
 
     return LocalLandingZone(wiring.settings.landing_dir)
 
 
-def events(wiring: Wiring) -> LifecycleEvents:
+def make_events(wiring: Wiring) -> LifecycleEvents:
     """Lifecycle events appended to ``STATE_DIR/events.jsonl``."""
     from shared.adapters.local.landing import LocalLifecycleEvents
 

@@ -19,14 +19,14 @@ def uris(settings: Settings) -> tuple[str, str | None]:
     return settings.mlflow_tracking_uri, settings.registry_uri or None
 
 
-def registry(wiring: Wiring) -> Registry:
+def make_registry(wiring: Wiring) -> Registry:
     """The MLflow registry at the registry URI, with its capabilities (aliases, search) by URI scheme."""
     from shared.adapters.mlflow.registry import MlflowRegistry
 
     return MlflowRegistry(wiring.tracking_uri, wiring.registry_uri)
 
 
-def evaluator(wiring: Wiring) -> Evaluator:
+def make_evaluator(wiring: Wiring) -> Evaluator:
     """Scores versions in-process with ``mlflow.pyfunc`` on the evaluation dataset."""
     from shared.adapters.mlflow.evaluator import MlflowEvaluator
 
