@@ -248,6 +248,7 @@ module functionApp 'modules/functionapp.bicep' = {
     identityClientId: identity.outputs.clientId
     appInsightsName: monitoring.outputs.appInsightsName
     serviceBusFullyQualifiedNamespace: serviceBus.outputs.fullyQualifiedNamespace
+    serviceBusResourceId: serviceBus.outputs.id
     eventGridEndpoint: topic.outputs.endpoint
     keyVaultUri: keyVault.outputs.vaultUri
     webhookSecretNames: webhookSecretNames

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     # The same app settings the Functions Service Bus trigger reads (connection "ServiceBusConnection").
     servicebus_connection: str = Field(default="", alias="ServiceBusConnection", repr=False)
     servicebus_namespace: str = Field(default="", alias="ServiceBusConnection__fullyQualifiedNamespace")
+    servicebus_resource_id: str = Field(  # the namespace's ARM id: queue depths from Azure Monitor metrics
+        default="",
+        alias="SIGNALBOX_SERVICEBUS_RESOURCE_ID",
+        pattern=r"(?i)^$|^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ServiceBus/namespaces/[^/]+$",
+    )
     eventgrid_endpoint: str = Field(default="", alias="SIGNALBOX_EVENTGRID_ENDPOINT")
     eventgrid_key: str = Field(default="", alias="SIGNALBOX_EVENTGRID_KEY", repr=False)
     databricks_host: str = Field(default="", alias="DATABRICKS_HOST")

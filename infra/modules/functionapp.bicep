@@ -54,6 +54,9 @@ param appInsightsName string
 @description('Service Bus namespace host name, e.g. sb-signalbox-dev-x.servicebus.windows.net.')
 param serviceBusFullyQualifiedNamespace string
 
+@description('ARM id of the Service Bus namespace: the ops page reads queue depths from its Azure Monitor metrics.')
+param serviceBusResourceId string
+
 @description('Endpoint of the custom Event Grid topic (lifecycle events out).')
 param eventGridEndpoint string
 
@@ -260,6 +263,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     ServiceBusConnection__fullyQualifiedNamespace: serviceBusFullyQualifiedNamespace
     ServiceBusConnection__credential: 'managedidentity'
     ServiceBusConnection__clientId: identityClientId
+    // Queue depths from Azure Monitor metrics with Monitoring Reader on the namespace (no Data Owner).
+    SIGNALBOX_SERVICEBUS_RESOURCE_ID: serviceBusResourceId
     SIGNALBOX_ENVIRONMENT: environmentName
     // The app's package is read-only: local state (caches, scratch files) lives under /tmp.
     SIGNALBOX_STATE_DIR: '/tmp/signalbox'

@@ -56,6 +56,11 @@ LOCAL_ONLY_ENVIRONMENT = {
     "SIGNALBOX_QUEUES_FILE",  # tests point the code at another queue definition
     "DATABRICKS_CONFIG_PROFILE",  # a ~/.databrickscfg profile on a workstation
     "PYTHONPATH",  # extended for local training jobs, never configured
+    # shared/adapters/databricks/mlflow_auth.py: whether to sign in to Databricks with the managed identity.
+    "IDENTITY_ENDPOINT",  # set by App Service / Functions themselves wherever a managed identity exists
+    "DATABRICKS_AUTH_TYPE",  # databricks-sdk's own switch (azure-msi), for a machine without IDENTITY_ENDPOINT
+    "ARM_USE_MSI",  # the same, in the Terraform/databricks-sdk spelling
+    "DATABRICKS_CLIENT_SECRET",  # a service principal secret instead of the identity: never in Azure's settings
 }
 
 

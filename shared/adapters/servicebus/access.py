@@ -92,6 +92,7 @@ class ServiceBusAccess:
             self.namespace = _host(fully_qualified_namespace or "")
         self._connection_string = connection_string or None
         self._credential = credential
+        self._arm_credential: Any = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -126,6 +127,18 @@ class ServiceBusAccess:
 
                 self._credential = DefaultAzureCredential()
             return self._credential
+
+    def arm_credential(self) -> Any:
+        """A token credential for Azure Resource Manager (Azure Monitor metrics): the access's own, or,
+        with a connection string (a SAS key is no Entra identity), a ``DefaultAzureCredential`` made once."""
+        if not self._connection_string:
+            return self.credential()
+        with self._lock:
+            if self._arm_credential is None:
+                from azure.identity import DefaultAzureCredential
+
+                self._arm_credential = DefaultAzureCredential()
+            return self._arm_credential
 
     def client(self, *, retry_total: int = 3) -> ServiceBusClient:
         """A new ``ServiceBusClient`` (its owner closes it); ``retry_total`` is the SDK's own retry count."""
