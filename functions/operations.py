@@ -53,6 +53,13 @@ def _log_progress(what: str) -> Any:
     return progress
 
 
+def _record_replay(dead: Any, message: Any) -> None:
+    """The replay in the replayed command's model history."""
+    from shared import history
+
+    history.replayed(runtime.services(), dead, message, who="operator (admin key)")
+
+
 @bp.route(route="ops/deadletters", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
 def deadletters_list(req: func.HttpRequest) -> func.HttpResponse:
     """The dead letters of every queue (or of ``?queue=``), filtered by the query string."""
@@ -107,6 +114,7 @@ def deadletters_replay(req: func.HttpRequest) -> func.HttpResponse:
                 dry_run=dry_run,
                 max_replays=max_replays,
                 progress=None if dry_run else _log_progress("replay"),
+                on_replayed=_record_replay,
             )
     except ValueError as exc:
         return problem(400, str(exc))

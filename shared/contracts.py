@@ -51,6 +51,8 @@ class TrainModel(_Command):
     commit_sha: str | None = None
     repository: str | None = None
     parameters: dict[str, str] = Field(default_factory=dict)
+    # Relaunches after a capacity failure (a new run each: its envelope has a new message id).
+    relaunch: int = Field(default=0, ge=0)
 
 
 class PollRun(_Command):
@@ -62,6 +64,8 @@ class PollRun(_Command):
     attempt: int = Field(default=0, ge=0)
     commit_sha: str | None = None
     repository: str | None = None
+    # What launched the run, so a capacity failure (retryable) can launch it again.
+    launch: TrainModel | None = None
 
 
 class EvaluateVersion(_Command):
@@ -90,10 +94,34 @@ class DeployVersion(_Command):
     candidate_slot: str | None = None
     candidate_url: str | None = None
     attempt: int = Field(default=0, ge=0)
+    # Set to stop the old deployment later when the platform could not stop it right after the
+    # traffic moved (a Databricks endpoint still applying its config update).
+    retire_slot: str | None = None
+    retire_version: str | None = None
+    retire_url: str | None = None
+
+
+class RollbackModel(_Command):
+    """An operator's rollback: redeploy ``to_version`` (a version that served before) on the deploy queue.
+
+    It travels on the deploy queue, in the model's session, so it is ordered with promotions'
+    deployments; ``request_id`` is the cause (one rollback per request id).
+    """
+
+    kind: Literal["rollback"] = "rollback"
+    to_version: str = Field(min_length=1)
+    from_version: str | None = Field(default=None, description="the production version when it was asked for")
+    requested_by: str = Field(min_length=1, max_length=200)
+    reason: str = Field(min_length=1, max_length=1000)
+    request_id: str = Field(min_length=1, max_length=200)
+    # Set while waiting for a started deployment to become ready (cloud endpoints), as for a deploy.
+    candidate_slot: str | None = None
+    candidate_url: str | None = None
+    attempt: int = Field(default=0, ge=0)
 
 
 Command = Annotated[
-    TrainModel | PollRun | EvaluateVersion | PromoteVersion | DeployVersion,
+    TrainModel | PollRun | EvaluateVersion | PromoteVersion | DeployVersion | RollbackModel,
     Field(discriminator="kind"),
 ]
 
@@ -103,6 +131,7 @@ QUEUE_OF: dict[str, str] = {
     "evaluate": queues.EVALUATE,
     "promote": queues.PROMOTE,
     "deploy": queues.DEPLOY,
+    "rollback": queues.DEPLOY,
 }
 
 

@@ -14,6 +14,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from shared.catalogue import Evaluation
     from shared.ports import ModelVersion
 
@@ -56,6 +58,11 @@ class LifecycleEvent(StrEnum):
     VERSION_DEPLOYED = "VersionDeployed"
     DEPLOYMENT_ROLLED_BACK = "DeploymentRolledBack"
     BATCH_SCORING_STARTED = "BatchScoringStarted"
+    ROLLBACK_REQUESTED = "RollbackRequested"
+    MODEL_ROLLED_BACK = "ModelRolledBack"
+    ROLLBACK_FAILED = "RollbackFailed"
+    MODEL_HELD = "ModelHeld"
+    MODEL_RELEASED = "ModelReleased"
 
 
 class Outcome(StrEnum):
@@ -99,7 +106,16 @@ class Outcome(StrEnum):
     DEPLOYED = "deployed"
     SUPERSEDED = "superseded"
     ROLLED_BACK = "rolled-back"
+    RETIRED = "retired"
     SWITCHING = "switching"
+    # operator actions
+    QUEUED = "queued"
+    HELD = "held"
+    ALREADY_HELD = "already-held"
+    RELEASED = "released"
+    NOT_HELD = "not-held"
+    REVERTED = "reverted"
+    REVERT_FAILED = "revert-failed"
 
 
 STAGE = "stage"
@@ -119,6 +135,12 @@ LAST_DRIFT_TRAINING = "signalbox.drift.last_training_at"
 LAST_REFUSAL = "signalbox.last_refusal"
 LAST_FAILURE = "signalbox.last_failure"
 LATEST_DATA = "signalbox.data.latest"
+# The model's hold: a record (by, reason, at, request_id; ``released`` once released). Never deleted,
+# so the last release stays readable; held = a record without ``released``.
+HOLD = "signalbox.hold"
+# On a version an operator rolled back from: who, why, when, to which version (its stage: ``unstaged``).
+ROLLBACK = "signalbox.rollback"
+OUTCOME = "signalbox.outcome"
 
 
 # The registries keep version numbers in 32-bit integer columns.
@@ -150,6 +172,14 @@ def read_record(text: str | None) -> dict[str, object]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def hold_of(model_tags: Mapping[str, str]) -> dict[str, object] | None:
+    """The model's hold record (by, reason, at) while it is held; None when it is not."""
+    hold = read_record(model_tags.get(HOLD))
+    if not hold or hold.get("released"):
+        return None
+    return {key: hold.get(key) for key in ("by", "reason", "at", "request_id")}
 
 
 def stage_of(version: ModelVersion) -> Stage | None:

@@ -6,7 +6,7 @@
 │   └── ``DeploymentFailed``   the new version cannot serve (did not start, unhealthy, smoke test
 │                                failed): the deploy handler rolls it back
 ├── ``InvalidInput``     a caller's input is wrong (HTTP 400, a refused event, a dead-lettered body)
-└── ``UnknownModel`` / ``NotAwaitingApproval``   domain refusals (HTTP 404 / 409)
+└── ``UnknownModel`` / ``NotAwaitingApproval`` (``ModelHeld``) / ``RollbackRefused``   domain refusals (HTTP 404 / 409)
 
 Adapters translate SDK errors into these, so handlers and functions never inspect SDK exceptions.
 The input errors of each module (``ContractError``, ``InvalidEvent``, ``WebhookRejected``,
@@ -55,3 +55,12 @@ class UnknownVersion(SignalboxError, LookupError):
 
 class NotAwaitingApproval(SignalboxError):
     """An approval or rejection for a version that is not staged and pending approval."""
+
+
+class ModelHeld(NotAwaitingApproval):
+    """An approval of a model an operator holds (HTTP 409, with the hold's reason)."""
+
+
+class RollbackRefused(SignalboxError):
+    """A rollback the model's state does not allow (HTTP 409): nothing to roll back to, a version that
+    never served, model files gone."""

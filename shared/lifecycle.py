@@ -28,6 +28,7 @@ def lifecycle(model_name: str, svc: Services) -> dict[str, Any]:
                 "decision": domain.read_record(v.tags.get(domain.DECISION)) or None,
                 "deployment": domain.read_record(v.tags.get(domain.DEPLOYMENT)) or None,
                 "outcome": v.tags.get("signalbox.outcome"),
+                "rollback": domain.read_record(v.tags.get(domain.ROLLBACK)) or None,
                 "commit_sha": v.tags.get(domain.COMMIT_SHA),
                 "repository": v.tags.get(domain.REPOSITORY),
                 "created_at": v.created_at,
@@ -45,6 +46,8 @@ def lifecycle(model_name: str, svc: Services) -> dict[str, Any]:
         "versions": versions,
         "last_refusal": domain.read_record(model_tags.get(domain.LAST_REFUSAL)) or None,
         "last_failure": domain.read_record(model_tags.get(domain.LAST_FAILURE)) or None,
+        # {"by", "reason", "at", "request_id"} while an operator holds the model's deployments, else None.
+        "held": domain.hold_of(model_tags),
     }
 
 

@@ -98,6 +98,18 @@ class Registry(Protocol):
         """Set a tag on the registered model, creating the model if needed."""
         ...
 
+    def has_model_files(self, model_name: str, version: str) -> bool:
+        """Whether the version's model files (its ``MLmodel``) can still be found in the artifact store."""
+        ...
+
+    def append_history(self, model_name: str, entry: Mapping[str, str]) -> None:
+        """Append one entry (``shared.history``'s fields, ``at`` in ISO 8601) to the model's history."""
+        ...
+
+    def history(self, model_name: str, since: datetime | None = None) -> list[dict[str, str]]:
+        """The model's history entries at or after ``since`` (aware), in no particular order."""
+        ...
+
 
 # -- compute ------------------------------------------------------------------------------
 

@@ -60,6 +60,8 @@ class FakeRegistry:
     aliases: dict[tuple[str, str], str] = field(default_factory=dict)
     model_tag_values: dict[str, dict[str, str]] = field(default_factory=dict)
     runs: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    entries: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    files_gone: set[tuple[str, str]] = field(default_factory=set)
 
     def register(self, model: str, run_id: str | None = None, **tags: str) -> str:
         number = str(1 + sum(1 for (m, _) in self.versions if m == model))
@@ -108,6 +110,17 @@ class FakeRegistry:
 
     def set_model_tag(self, model_name: str, key: str, value: str) -> None:
         self.model_tag_values.setdefault(model_name, {})[key] = value
+
+    def has_model_files(self, model_name: str, version: str) -> bool:
+        self.get_version(model_name, version)
+        return (model_name, version) not in self.files_gone
+
+    def append_history(self, model_name: str, entry: Mapping[str, str]) -> None:
+        self.entries.setdefault(model_name, []).append(dict(entry))
+
+    def history(self, model_name: str, since: datetime | None = None) -> list[dict[str, str]]:
+        found = self.entries.get(model_name, [])
+        return [dict(e) for e in found if since is None or datetime.fromisoformat(e["at"]) >= since]
 
     def stage(self, model: str, version: str) -> str | None:
         return self.versions[(model, version)].tags.get("stage")

@@ -194,6 +194,8 @@ class PurgeReport(_Report):
 
 
 Progress = Callable[[int, int], None]
+# Called with each dead letter replayed and the message that replayed it.
+Replayed = Callable[[DeadLetter, ReplayMessage], None]
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -302,13 +304,15 @@ def replay(
     max_replays: int = DEFAULT_MAX_REPLAYS,
     progress: Progress | None = None,
     scan_limit: int = SCAN_LIMIT,
+    on_replayed: Replayed | None = None,
 ) -> ReplayReport:
     """Send the selected dead letters again, then remove them from the dead-letter queue.
 
     ``dry_run`` reports what would move and moves nothing. A dead letter whose replay count
     reached ``max_replays`` is skipped. A failed send leaves the dead letter where it was;
     a failed complete (after a successful send) too, and replaying it again is safe.
-    ``progress(done, total)`` is called after each dead letter.
+    ``progress(done, total)`` is called after each dead letter, ``on_replayed(dead, message)`` after
+    each one sent and removed (the model's history records it).
     """
     if isinstance(max_replays, bool) or not isinstance(max_replays, int) or max_replays < 0:
         raise ValueError(f"max_replays must be a whole number of at least 0, got {max_replays!r}")
@@ -316,7 +320,9 @@ def replay(
     report = ReplayReport(dry_run=dry_run, max_replays=max_replays)
     try:
         for done, dead in enumerate(candidates, start=1):
-            report.outcomes.append(_replay_one(store, sender, dead, dry_run=dry_run, max_replays=max_replays))
+            report.outcomes.append(
+                _replay_one(store, sender, dead, dry_run=dry_run, max_replays=max_replays, on_replayed=on_replayed)
+            )
             if progress is not None:
                 progress(done, len(candidates))
     finally:
@@ -326,7 +332,13 @@ def replay(
 
 
 def _replay_one(
-    store: DeadLetterStore, sender: ReplaySender, dead: DeadLetter, *, dry_run: bool, max_replays: int
+    store: DeadLetterStore,
+    sender: ReplaySender,
+    dead: DeadLetter,
+    *,
+    dry_run: bool,
+    max_replays: int,
+    on_replayed: Replayed | None = None,
 ) -> Outcome:
     def outcome(status: Status, detail: str = "", message: ReplayMessage | None = None) -> Outcome:
         return Outcome(
@@ -370,6 +382,8 @@ def _replay_one(
             message,
         )
     detail = "already sent by an earlier run: duplicate detection dropped the resend" if accepted is False else ""
+    if on_replayed is not None:
+        on_replayed(locked, message)
     return outcome("replayed", detail, message)
 
 

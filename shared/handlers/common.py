@@ -30,7 +30,9 @@ def known_model(svc: Services, name: str) -> ModelEntry | None:
         return None
 
 
-def drop_challenger(svc: Services, model_name: str, version: str) -> None:
-    """Remove the challenger alias if it points at this version."""
+def drop_challenger(svc: Services, model_name: str, version: str) -> bool:
+    """Remove the challenger alias if it points at this version; whether it did."""
     if svc.registry.alias_version(model_name, domain.CHALLENGER) == version:
         svc.registry.delete_alias(model_name, domain.CHALLENGER)
+        return True
+    return False

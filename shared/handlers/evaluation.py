@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shared import domain
+from shared import domain, history
 from shared.contracts import DeployVersion, Envelope, EvaluateVersion, PromoteVersion
 from shared.domain import Approval, LifecycleEvent, Outcome, Stage
 from shared.handlers.common import drop_challenger, log
+from shared.handlers.deployment import wait_for_hold
 
 if TYPE_CHECKING:
     from shared.services import Services
@@ -46,6 +47,22 @@ def evaluate(envelope: Envelope, svc: Services) -> Outcome:
         model.name,
         {"version": command.version, "won": verdict.won, "reason": verdict.reason},
     )
+    history.record(
+        svc,
+        model.name,
+        history.Entry(
+            "evaluation",
+            f"v{command.version} {'won' if verdict.won else 'lost'} its evaluation",
+            why=verdict.reason,
+            version=command.version,
+            detail={
+                "primary_metric": verdict.primary_metric,
+                "challenger": verdict.challenger,
+                "champion": verdict.champion,
+            },
+            **history.of(envelope),
+        ),
+    )
     _send_promote(svc, envelope, model.name, command.version, verdict.won)
     return Outcome.WON if verdict.won else Outcome.LOST
 
@@ -62,6 +79,7 @@ def promote(envelope: Envelope, svc: Services) -> Outcome:
     model = svc.catalogue.get(command.model_name)
     version = svc.registry.get_version(model.name, command.version)
     stage = domain.stage_of(version)
+    link = history.of(envelope)
     if command.decision == "lost":
         svc.events.publish(LifecycleEvent.CHALLENGER_LOST, model.name, {"version": command.version})
         return Outcome.LOST
@@ -89,9 +107,37 @@ def promote(envelope: Envelope, svc: Services) -> Outcome:
                     staged.version,
                     {domain.STAGE: Stage.UNSTAGED, "signalbox.outcome": f"replaced by v{version.version}"},
                 )
+                history.record(
+                    svc,
+                    model.name,
+                    *history.stage_moves(
+                        model.name,
+                        [(staged.version, Stage.STAGED, Stage.UNSTAGED)],
+                        who=history.SIGNALBOX,
+                        why=f"replaced by v{version.version}, a better winner",
+                        link=link,
+                    ),
+                )
             svc.registry.set_version_tags(model.name, version.version, {domain.STAGE: Stage.STAGED})
+            previous = svc.registry.alias_version(model.name, domain.CHALLENGER)
             svc.registry.set_alias(model.name, domain.CHALLENGER, version.version)
             svc.events.publish(LifecycleEvent.VERSION_STAGED, model.name, {"version": version.version})
+            why = str(domain.read_record(version.tags.get(domain.DECISION)).get("reason") or "won its evaluation")
+            history.record(
+                svc,
+                model.name,
+                *history.stage_moves(
+                    model.name, [(version.version, None, Stage.STAGED)], who=history.SIGNALBOX, why=why, link=link
+                ),
+                history.Entry(
+                    "alias",
+                    f"challenger → v{version.version}" + (f" (was v{previous})" if previous else ""),
+                    why=why,
+                    version=version.version,
+                    detail={"alias": domain.CHALLENGER, "from": previous, "to": version.version},
+                    **link,
+                ),
+            )
         elif svc.registry.alias_version(model.name, domain.CHALLENGER) != version.version:
             # A redelivery: the earlier one died between the stage tag and the alias.
             svc.registry.set_alias(model.name, domain.CHALLENGER, version.version)
@@ -101,6 +147,18 @@ def promote(envelope: Envelope, svc: Services) -> Outcome:
             if current != Approval.PENDING:
                 svc.registry.set_version_tags(model.name, version.version, {domain.APPROVAL: Approval.PENDING})
                 svc.events.publish(LifecycleEvent.APPROVAL_REQUESTED, model.name, {"version": version.version})
+                history.record(
+                    svc,
+                    model.name,
+                    history.Entry(
+                        "approval",
+                        f"v{version.version} waits for approval",
+                        why=f"{envelope.environment} needs a person's approval",
+                        version=version.version,
+                        detail={"approval": Approval.PENDING},
+                        **link,
+                    ),
+                )
             return Outcome.PENDING_APPROVAL
         if current not in (Approval.APPROVED, Approval.AUTO):
             svc.registry.set_version_tags(model.name, version.version, {domain.APPROVAL: Approval.AUTO})
@@ -108,6 +166,19 @@ def promote(envelope: Envelope, svc: Services) -> Outcome:
                 LifecycleEvent.VERSION_APPROVED,
                 model.name,
                 {"version": version.version, "by": f"auto ({envelope.environment} policy)"},
+            )
+            history.record(
+                svc,
+                model.name,
+                history.Entry(
+                    "approval",
+                    f"v{version.version} approved automatically",
+                    who=f"auto ({envelope.environment} policy)",
+                    why=f"{envelope.environment} approves winners automatically",
+                    version=version.version,
+                    detail={"approval": Approval.AUTO},
+                    **link,
+                ),
             )
         return _send_deploy(svc, envelope, model.name, version.version)
     if stage is not Stage.STAGED:
@@ -123,10 +194,37 @@ def promote(envelope: Envelope, svc: Services) -> Outcome:
                 domain.APPROVED_BY: command.decided_by or "unknown",
             },
         )
-        drop_challenger(svc, model.name, version.version)
+        dropped = drop_challenger(svc, model.name, version.version)
         svc.events.publish(
             LifecycleEvent.APPROVAL_REJECTED, model.name, {"version": version.version, "by": command.decided_by}
         )
+        who = command.decided_by or "unknown"
+        entries = [
+            history.Entry(
+                "approval",
+                f"v{version.version} rejected",
+                who=who,
+                version=version.version,
+                detail={"approval": Approval.REJECTED},
+                **link,
+            ),
+            *history.stage_moves(
+                model.name, [(version.version, Stage.STAGED, Stage.UNSTAGED)], who=who, why="rejected", link=link
+            ),
+        ]
+        if dropped:
+            entries.append(
+                history.Entry(
+                    "alias",
+                    f"challenger removed (was v{version.version})",
+                    who=who,
+                    why="rejected",
+                    version=version.version,
+                    detail={"alias": domain.CHALLENGER, "from": version.version, "to": None},
+                    **link,
+                )
+            )
+        history.record(svc, model.name, *entries)
         return Outcome.REJECTED
     svc.registry.set_version_tags(
         model.name,
@@ -136,10 +234,27 @@ def promote(envelope: Envelope, svc: Services) -> Outcome:
     svc.events.publish(
         LifecycleEvent.VERSION_APPROVED, model.name, {"version": version.version, "by": command.decided_by}
     )
+    history.record(
+        svc,
+        model.name,
+        history.Entry(
+            "approval",
+            f"v{version.version} approved",
+            who=command.decided_by or "unknown",
+            version=version.version,
+            detail={"approval": Approval.APPROVED},
+            **link,
+        ),
+    )
     return _send_deploy(svc, envelope, model.name, version.version)
 
 
 def _send_deploy(svc: Services, envelope: Envelope, model_name: str, version: str) -> Outcome:
+    # A held model's winner stays staged; releasing the hold sends its deployment.
+    hold = domain.hold_of(svc.registry.model_tags(model_name))
+    if hold is not None:
+        wait_for_hold(svc, envelope, model_name, svc.registry.get_version(model_name, version), hold)
+        return Outcome.HELD
     deploy_command = DeployVersion(model_name=model_name, version=version)
     svc.bus.send(envelope.follow(deploy_command, cause=f"deploy:{model_name}:{version}", now=svc.clock()))
     return Outcome.DEPLOY

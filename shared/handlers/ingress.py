@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 from shared import domain, events
 from shared.contracts import EvaluateVersion, PollRun, PromoteVersion, TrainModel
 from shared.domain import Approval, LifecycleEvent, Outcome, Stage
-from shared.errors import NotAwaitingApproval
+from shared.errors import ModelHeld, NotAwaitingApproval
 from shared.handlers.common import known_model, log, start
 
 if TYPE_CHECKING:
@@ -213,9 +213,18 @@ def refuse_event(event_id: object, event_type: object, subject: str, reason: str
 
 
 def request_approval_decision(model_name: str, version: str, approve: bool, who: str, svc: Services) -> Outcome:
-    """An approve/reject from a person → the promote queue (serialised per model)."""
+    """An approve/reject from a person → the promote queue (serialised per model).
+
+    Approvals of a held model are refused (``ModelHeld``, with the hold's reason); rejections go on.
+    """
     model = svc.catalogue.get(model_name)
     current = svc.registry.get_version(model.name, version)
+    hold = domain.hold_of(svc.registry.model_tags(model.name)) if approve else None
+    if hold is not None:
+        raise ModelHeld(
+            f"{model_name} is held by {hold.get('by')} since {hold.get('at')}: {hold.get('reason')} "
+            f"(release it first: signalbox release {model_name})"
+        )
     if current.tags.get(domain.APPROVAL) != Approval.PENDING or domain.stage_of(current) is not Stage.STAGED:
         raise NotAwaitingApproval(
             f"{model_name} v{version} is not waiting for approval "

@@ -418,6 +418,7 @@ class MlflowRegistry:
         one request writes one (plus one experiment lookup per process), and a search reads them back.
         """
         experiment_id = self._history_experiment(model_name)
+        assert experiment_id is not None  # created when missing
         at = datetime.fromisoformat(entry["at"])
         tags = {f"{_HISTORY_TAG}{key}": value for key, value in entry.items()}
         tags[_HISTORY_MODEL_TAG] = model_name
