@@ -102,6 +102,9 @@ param azuremlResourceGroup string = ''
 @description('AZUREML_WORKSPACE: the Azure ML workspace, or empty.')
 param azuremlWorkspace string = ''
 
+@description('The Azure ML workspace\'s Event Grid system topic (one per workspace: give an existing one\'s name); empty: evgs-<baseName>-aml-<environment>.')
+param azuremlSystemTopicName string = ''
+
 @description('SIGNALBOX_AZUREML_INSTANCE_TYPE of managed online deployments.')
 param azuremlInstanceType string = 'Standard_DS3_v2'
 
@@ -158,6 +161,11 @@ var names = {
   landingStorage: take('stland${compactName}${suffix}', 24)
   landingTopic: 'evgs-${baseName}-landing-${environmentName}'
   topic: 'evgt-${baseName}-${environmentName}-${suffix}'
+}
+// Where the Azure ML workspace lives (this subscription / resource group unless given).
+var azuremlScope = {
+  subscriptionId: empty(azuremlSubscriptionId) ? subscription().subscriptionId : azuremlSubscriptionId
+  resourceGroup: empty(azuremlResourceGroup) ? resourceGroup().name : azuremlResourceGroup
 }
 var allTags = union(tags, {
   application: 'signalbox'
@@ -291,6 +299,29 @@ module roles 'modules/roles.bicep' = {
   }
 }
 
+// The Azure ML workspace, in its own resource group: AzureML Data Scientist for the identity, its system
+// topic, and (second stage) the subscription to workspace_events.
+module workspace 'modules/workspace.bicep' = if (!empty(azuremlWorkspace)) {
+  name: 'signalbox-workspace-${environmentName}'
+  scope: resourceGroup(azuremlScope.subscriptionId, azuremlScope.resourceGroup)
+  params: {
+    workspaceName: azuremlWorkspace
+    identityName: identity.outputs.name
+    identitySubscriptionId: subscription().subscriptionId
+    identityResourceGroup: resourceGroup().name
+    systemTopicName: empty(azuremlSystemTopicName) ? 'evgs-${baseName}-aml-${environmentName}' : azuremlSystemTopicName
+    eventSubscriptionName: 'workspace-events-${environmentName}'
+    createEventSubscription: createEventSubscriptions
+    functionAppId: functionApp.outputs.id
+    deadLetterStorageAccountId: functionApp.outputs.storageAccountId
+    deadLetterContainer: functionApp.outputs.deadLetterContainer
+    tags: allTags
+  }
+  dependsOn: [
+    roles
+  ]
+}
+
 // Second stage: needs the published functions (and the dead-letter role on the Function App storage).
 module subscriptions 'modules/subscriptions.bicep' = if (createEventSubscriptions) {
   name: 'signalbox-event-subscriptions'
@@ -320,3 +351,4 @@ output queueNames array = serviceBus.outputs.queueNames
 output identityClientId string = identity.outputs.clientId
 output identityPrincipalId string = identity.outputs.principalId
 output eventSubscriptionsCreated bool = createEventSubscriptions
+output azuremlSystemTopicName string = empty(azuremlWorkspace) ? '' : workspace.outputs.systemTopicName

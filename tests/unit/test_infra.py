@@ -47,7 +47,16 @@ EXPECTED_ROLES = {
     ("2a2b9908-6ea1-4ae2-8e65-a410df84e7d1", "Microsoft.Storage/storageAccounts"),  # Storage Blob Data Reader
     ("4633458b-17de-408a-b874-0445c86b69e6", "Microsoft.KeyVault/vaults"),  # Key Vault Secrets User
     ("d5a91429-5739-47e2-a06b-3470a27159e7", "Microsoft.EventGrid/topics"),  # EventGrid Data Sender
+    ("43d0d8ad-25c7-4714-9337-8ba259a9fe05", "Microsoft.ServiceBus/namespaces"),  # Monitoring Reader (queue depths)
+    ("f6c7c914-8db3-469d-8ca1-694a8f32e121", "Microsoft.MachineLearningServices/workspaces"),  # AzureML Data Scientist
 }
+# Roles the identity must not get: data or management rights beyond what the app uses.
+FORBIDDEN_ROLES = {
+    "090c5cfd-751d-490a-894a-3ce6f1109419": "Azure Service Bus Data Owner",
+    "b24988ac-6180-42a0-ab88-20f7382dd24c": "Contributor",
+    "8e3af657-a8ff-443c-a75c-2fe8c4bcb635": "Owner",
+}
+AZUREML_DATA_SCIENTIST = "f6c7c914-8db3-469d-8ca1-694a8f32e121"
 BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
 
@@ -527,16 +536,144 @@ def test_drift_alerts_reach_alert_events_and_nothing_else_does():
 
 
 def test_subscribed_functions_are_event_grid_triggers_of_the_app():
-    text = module_file("subscriptions").read_text()
+    text = module_file("subscriptions").read_text() + module_file("workspace").read_text()
     targets = set(re.findall(r"/functions/(\w+)'", text))
-    assert targets == {"landing_events", "alert_events"}
-    assert targets <= _event_grid_functions()
+    assert targets == {"landing_events", "alert_events", "workspace_events"}
+    assert targets == _event_grid_functions(), "every Event Grid trigger of the app gets its subscription"
 
 
 def test_subscriptions_are_a_second_stage_off_by_default():
     mod = main_module(module_file("subscriptions"))
     assert mod["config"].get("condition") == "createEventSubscriptions"
     assert bicep(MAIN)["parameters"]["createEventSubscriptions"]["default"] is False
+
+
+# --------------------------------------------------------------------------------------------------
+# the Azure ML workspace: role, system topic, workspace_events
+
+
+def _workspace_events() -> dict[str, Any]:
+    doc = bicep(module_file("workspace"))
+    _, subscription = one_resource(doc, "Microsoft.EventGrid/systemTopics/eventSubscriptions")
+    return subscription
+
+
+def test_the_workspace_module_runs_in_the_workspace_group_when_a_workspace_is_given():
+    module = main_module(module_file("workspace"))
+    condition = module["config"]["condition"]
+    assert condition["operator"]["type"] == "not"
+    assert condition["operator"]["operands"]["bool_value"]["function"] == {
+        "type": "empty",
+        "parameters": {"item_to_test": "azuremlWorkspace"},
+    }
+    scope = unwrap(module["config"])["scope"]["function"]
+    assert scope["type"] == "resource_group"
+    assert path_of(scope["parameters"]["subscription_id"]) == ["azuremlScope", "subscriptionId"]
+    assert path_of(scope["parameters"]["resource_group_name"]) == ["azuremlScope", "resourceGroup"]
+    assert passed(module_file("workspace"), "workspaceName") == "azuremlWorkspace"
+    # The same workspace the app settings name (AZUREML_WORKSPACE).
+    assert app_settings()["AZUREML_WORKSPACE"] == "azuremlWorkspace"
+    assert passed(module_file("functionapp"), "azuremlWorkspace") == "azuremlWorkspace"
+    # The subscription waits for the published functions, like the other subscriptions.
+    assert passed(module_file("workspace"), "createEventSubscription") == "createEventSubscriptions"
+    assert "roles" in unwrap(module["config"]).get("dependsOn", [])
+
+
+def test_the_workspace_system_topic_is_the_workspaces_and_dead_letters_with_the_identity():
+    doc = bicep(module_file("workspace"))
+    _, topic = one_resource(doc, "Microsoft.EventGrid/systemTopics")
+    body = unwrap(topic["config"])
+    assert body["properties"]["topicType"] == "Microsoft.MachineLearningServices.Workspaces"
+    assert path_of(body["properties"]["source"]) == ["workspace", "id"]
+    assert path_of(body["location"]) == ["workspace", "location"]  # a system topic lives in its source's region
+    assert list(body["identity"]["userAssignedIdentities"]) == ["'${identity.id}'"]
+    workspace = doc["resources"]["workspace"]
+    assert workspace["existing"] is True and workspace["type"] == "Microsoft.MachineLearningServices/workspaces"
+
+
+def test_workspace_events_get_the_four_azure_ml_event_types():
+    from shared.events import (
+        DATASET_DRIFT_DETECTED_TYPE,
+        MODEL_REGISTERED_TYPE,
+        RUN_COMPLETED_TYPE,
+        RUN_STATUS_CHANGED_TYPE,
+    )
+
+    subscription = _workspace_events()
+    assert subscription["config"]["condition"] == "createEventSubscription"
+    properties = unwrap(subscription["config"])["properties"]
+    destination = properties["destination"]
+    assert destination["endpointType"] == "AzureFunction"
+    assert destination["properties"]["resourceId"] == "${functionAppId}/functions/workspace_events"
+    assert path_of(passed(module_file("workspace"), "functionAppId")) == ["functionApp", "outputs", "id"]
+    assert properties["eventDeliverySchema"] == "EventGridSchema"  # workspace_events binds an EventGridEvent
+    assert set(properties["filter"]["includedEventTypes"]) == {
+        MODEL_REGISTERED_TYPE,
+        RUN_COMPLETED_TYPE,
+        RUN_STATUS_CHANGED_TYPE,
+        DATASET_DRIFT_DETECTED_TYPE,
+    }
+    assert {"maxDeliveryAttempts", "eventTimeToLiveInMinutes"} <= set(properties["retryPolicy"])
+    dead_letter = properties["deadLetterWithResourceIdentity"]
+    assert dead_letter["identity"]["type"] == "UserAssigned"
+    assert path_of(dead_letter["identity"]["userAssignedIdentity"]) == ["identity", "id"]  # the topic's identity
+    assert dead_letter["deadLetterDestination"]["endpointType"] == "StorageBlob"
+    assert path_of(passed(module_file("workspace"), "deadLetterStorageAccountId")) == [
+        "functionApp",
+        "outputs",
+        "storageAccountId",
+    ]
+    assert path_of(passed(module_file("workspace"), "deadLetterContainer")) == [
+        "functionApp",
+        "outputs",
+        "deadLetterContainer",
+    ]
+
+
+def test_each_environment_subscribes_under_its_own_name():
+    # A workspace may serve several environments: one subscription each, none overwriting another's.
+    name = unwrap(_workspace_events()["config"])["name"]
+    assert name == "eventSubscriptionName"
+    assert "${environmentName}" in passed(module_file("workspace"), "eventSubscriptionName")
+
+
+# --------------------------------------------------------------------------------------------------
+# queue depths: Azure Monitor metrics with a reader role, no Service Bus Data Owner
+
+
+def test_queue_depths_read_metrics_of_the_namespace_the_app_uses():
+    settings = app_settings()
+    assert settings["SIGNALBOX_SERVICEBUS_RESOURCE_ID"] == "serviceBusResourceId"
+    assert path_of(passed(module_file("functionapp"), "serviceBusResourceId")) == ["serviceBus", "outputs", "id"]
+    doc = bicep(module_file("roles"))
+    role_ids = doc["variables"]["roles"]["value"]
+    readers = [
+        unwrap(res["config"])
+        for res in resources(doc, "Microsoft.Authorization/roleAssignments").values()
+        if role_ids[
+            path_of(
+                unwrap(res["config"])["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
+            )[1]
+        ]
+        == "43d0d8ad-25c7-4714-9337-8ba259a9fe05"
+    ]
+    assert len(readers) == 1 and readers[0]["scope"] == "serviceBus"  # the namespace, not the group
+
+
+def test_no_template_grants_an_owner_or_data_owner_role():
+    for path in BICEP_FILES:
+        text = path.read_text().lower()
+        for role_id, role in FORBIDDEN_ROLES.items():
+            assert role_id not in text, f"{path.name} grants {role}"
+
+
+def test_the_deployment_identity_may_assign_exactly_the_template_roles():
+    """docs/deploy.md constrains the deployment identity's RBAC Administrator to the roles the templates assign."""
+    text = (REPO / "docs" / "deploy.md").read_text()
+    match = re.search(r'ROLES="([^"]+)"', text)
+    assert match, "docs/deploy.md should list the assignable roles in ROLES=..."
+    listed = {role.strip() for role in match.group(1).split(",")}
+    assert listed == {role for role, _ in EXPECTED_ROLES}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -657,6 +794,11 @@ def test_every_role_assignment_is_for_the_managed_identity():
 
     # The identity is the one main.bicep creates; Blob Data Owner is on the app's own storage, Reader on landing.
     for path, role, scope in assignments:
+        if role == AZUREML_DATA_SCIENTIST:  # on the workspace, in the workspace's resource group
+            assert path == module_file("workspace")
+            assert path_of(passed(path, "identityName")) == ["identity", "outputs", "name"]
+            assert passed(path, "identityResourceGroup")["operator"]["operands"]["operand_2"] == "name"
+            continue
         assert path == module_file("roles")
         storage_param = unwrap(scope["config"])["name"]
         if role == BLOB_DATA_OWNER:
