@@ -112,6 +112,30 @@ def build_parser() -> argparse.ArgumentParser:
         decide.add_argument("version")
         decide.add_argument("--by", default=os.environ.get("USER", "cli"))
         _add_target(decide)
+
+    rollback = commands.add_parser(
+        "rollback", help="redeploy the previous production version (or --to VERSION, one that served before)"
+    )
+    rollback.add_argument("model")
+    rollback.add_argument("--to", metavar="VERSION", help="the version to roll back to (default: the previous one)")
+    rollback.add_argument("--by", required=True, help="who rolls back (recorded)")
+    rollback.add_argument("--reason", required=True, help="why (recorded)")
+    _add_target(rollback)
+    hold = commands.add_parser("hold", help="stop automatic deployment of a model until it is released")
+    hold.add_argument("model")
+    hold.add_argument("--by", required=True, help="who holds it (recorded)")
+    hold.add_argument("--reason", required=True, help="why (recorded; shown to whoever tries to approve)")
+    _add_target(hold)
+    release = commands.add_parser("release", help="lift a hold; a staged winner that waited deploys")
+    release.add_argument("model")
+    release.add_argument("--by", required=True, help="who releases it (recorded)")
+    release.add_argument("--reason", default=None, help="why (recorded)")
+    _add_target(release)
+    history = commands.add_parser("history", help="everything that happened to a model, newest first")
+    history.add_argument("model")
+    history.add_argument("--since", default=None, help="7d, 12h, 30m, 2w or an ISO 8601 time (default: all)")
+    history.add_argument("--json", action="store_true")
+    _add_target(history)
     return parser
 
 
@@ -153,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             result: Any = client.send(args)
         elif args.command == "status":
             result = client.status(args)
+        elif args.command in ("rollback", "hold", "release"):
+            result = client.operate(args)
+        elif args.command == "history":
+            result = client.history(args)
         else:
             result = client.decide(args, approve=args.command == "approve")
     except client.ClientError as exc:

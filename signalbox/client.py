@@ -238,6 +238,11 @@ def format_lifecycle(data: dict[str, Any]) -> str:
     for key in ("last_refusal", "last_failure"):
         if data.get(key):
             lines.append(f"{key.replace('_', ' ')}: {data[key].get('reason')} ({data[key].get('at')})")
+    if data.get("held"):
+        held = data["held"]
+        lines.insert(
+            1, f"HELD by {held.get('by')} since {held.get('at')}: {held.get('reason')} (no automatic deployment)"
+        )
     return "\n".join(lines)
 
 
@@ -250,3 +255,44 @@ def decide(args: argparse.Namespace, *, approve: bool) -> Any:
         headers={"x-functions-key": _function_key(args.state_dir)},
     )
     return _check(response).json()
+
+
+def operate(args: argparse.Namespace) -> Any:
+    """``signalbox rollback|hold|release MODEL``: one request id per invocation (a retry of it is the same action)."""
+    body: dict[str, Any] = {"by": args.by, "reason": args.reason, "request_id": f"cli-{uuid.uuid4()}"}
+    if args.command == "rollback":
+        body["to"] = args.to
+    return _check(
+        _post(
+            f"{args.host_url}/api/models/{args.model}/{args.command}",
+            json=body,
+            headers={"x-functions-key": _function_key(args.state_dir)},
+        )
+    ).json()
+
+
+def history(args: argparse.Namespace) -> Any:
+    """``signalbox history MODEL [--since 7d] [--json]``: read through the host's history function."""
+    params = {"since": args.since} if args.since else {}
+    try:
+        response = requests.get(
+            f"{args.host_url}/api/history/{args.model}",
+            params=params,
+            headers={"x-functions-key": _function_key(args.state_dir)},
+            timeout=30,
+        )
+    except requests.RequestException as exc:
+        raise ClientError(f"cannot reach the host at {args.host_url}: {exc}") from None
+    data = _check(response).json()
+    return data if args.json else format_history(data)
+
+
+def format_history(data: dict[str, Any]) -> str:
+    """A model's history as lines, newest first: when, what, who, why, and the correlation id."""
+    since = f" since {data['since']}" if data.get("since") else ""
+    lines = [f"history of {data['model']}{since}: {len(data['entries'])} entries, newest first"]
+    for entry in data["entries"]:
+        why = f" — {entry['why']}" if entry.get("why") else ""
+        lines.append(f"{entry['at']}  {entry['kind']:<10}  {entry['what']}  [{entry['who']}]{why}")
+        lines.append(f"{'':32}correlation {entry.get('correlation_id') or '-'}  cause {entry.get('cause') or '-'}")
+    return "\n".join(lines)

@@ -431,8 +431,11 @@ def rollback(envelope: Envelope, svc: Services) -> Outcome:
         domain.ROLLBACK: record,
         domain.OUTCOME: f"rolled back to v{target.version} by {who}: {why}"[:1000],
     }
+    # What serves now (a deployment ordered before this rollback in the session may have changed it).
+    serving = [v.version for v in svc.registry.versions_with_tag(model.name, domain.STAGE, Stage.PRODUCTION)]
+    from_version = serving[-1] if serving else command.from_version
     rollback_fields = {
-        "rollback_from": command.from_version,
+        "rollback_from": from_version,
         "by": who,
         "reason": why,
         "request_id": command.request_id,
@@ -456,19 +459,18 @@ def rollback(envelope: Envelope, svc: Services) -> Outcome:
         svc.events.publish(
             LifecycleEvent.MODEL_ROLLED_BACK,
             model.name,
-            {"version": target.version, "from_version": command.from_version, "by": who, "reason": why},
+            {"version": target.version, "from_version": from_version, "by": who, "reason": why},
         )
         history.record(
             svc,
             model.name,
             history.Entry(
                 "rollback",
-                f"rolled back to v{target.version}"
-                + (f" from v{command.from_version}" if command.from_version else ""),
+                f"rolled back to v{target.version}" + (f" from v{from_version}" if from_version else ""),
                 who=who,
                 why=why,
                 version=target.version,
-                detail={"request_id": command.request_id, "from_version": command.from_version},
+                detail={"request_id": command.request_id, "from_version": from_version},
                 **link,
             ),
         )
