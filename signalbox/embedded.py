@@ -141,7 +141,11 @@ def stop_endpoints(state_dir: Path) -> None:
 
 
 def start_embedded(settings: HostSettings) -> Embedded:
-    """Start MLflow, the host and the landing watcher, wired together through settings."""
+    """Start MLflow, the host and the landing watcher, wired together through settings.
+
+    Call it on the thread that stays until the end: the MLflow server is bound to that thread's life.
+    """
+    from shared.adapters.local.serving import recover_endpoints
     from signalbox.mlflow_server import MlflowServer, ensure_model_version_webhook
 
     state = settings.state_dir.resolve()
@@ -149,10 +153,13 @@ def start_embedded(settings: HostSettings) -> Embedded:
     secrets_now = webhook_secrets(state)
     os.environ.update(secrets_now)
     os.environ.setdefault("SIGNALBOX_CATALOGUE", str((settings.script_root / "catalogue.toml").resolve()))
-    mlflow = MlflowServer(state)
+    # Ended with this process even on kill -9; a server a killed host left anyway is stopped by start().
+    mlflow = MlflowServer(state, die_with_parent=True)
     mlflow.start()
     try:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow.url
+        # Before the host takes work: a killed host's routed servers keep serving, its cut-short ones stop.
+        recover_endpoints(state)
         host = LocalHost(settings)
         os.environ["SIGNALBOX_HOST_URL"] = host.base_url
         host.start()

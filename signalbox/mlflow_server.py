@@ -4,6 +4,11 @@ MLflow only fires registry webhooks from ``mlflow server`` over a SQL store, and
 delivers to plain-HTTP, loopback URLs when told to; this module starts such a server in a
 state directory and keeps the key that encrypts webhook secrets there, so a restart can
 still read the webhooks it stored.
+
+One server per state dir: ``mlflow-server.json`` records the running one (pid, start time, port,
+owner). A start finds a server that a killed owner left behind, stops it and starts again on its
+port (so jobs still running against that URL reach the new server); with ``die_with_parent`` the
+server is also ended (SIGTERM, which ``mlflow server`` forwards to uvicorn) when its owner dies.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -20,6 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -31,12 +38,24 @@ __all__ = ["MlflowServer", "MlflowServerError", "ensure_model_version_webhook", 
 _log = logging.getLogger(__name__)
 
 KEY_FILE = "mlflow-webhook.key"
+RECORD_FILE = "mlflow-server.json"
 LOG_FILE = Path("logs") / "mlflow-server.log"
 _POLL_SECONDS = 0.1
 _STOP_TIMEOUT_SECONDS = 10.0
 _LOG_TAIL_LINES = 40
 # An auto-picked port can be taken between our probe and the server's bind; try again then.
 _PORT_ATTEMPTS = 3
+# Run before mlflow: ask Linux to SIGTERM this process when its parent dies (PR_SET_PDEATHSIG = 1, kept
+# across exec), give up if the parent already died, then become mlflow itself. A separate interpreter and
+# not a preexec_fn, which is unsafe in a process with threads.
+_LIFELINE = (
+    "import ctypes, os, signal, sys\n"
+    "if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:\n"
+    "    print('signalbox: PR_SET_PDEATHSIG failed; the server will outlive its owner', file=sys.stderr)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit('signalbox: the owner died before the MLflow server started')\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 class MlflowServerError(RuntimeError):
@@ -91,12 +110,15 @@ class MlflowServer:
         host: str = "127.0.0.1",
         *,
         webhook_cache_ttl: int = 1,
+        die_with_parent: bool = False,
     ) -> None:
+        """``die_with_parent`` (Linux): the server gets SIGTERM when the thread that calls ``start`` ends."""
         self.state_dir = Path(state_dir).resolve()
         self.host = host
         self._requested_port = port
         self._port: int | None = port or None
         self._webhook_cache_ttl = webhook_cache_ttl
+        self._die_with_parent = die_with_parent and sys.platform.startswith("linux")
         self._process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         self.started_in: float | None = None
@@ -128,6 +150,11 @@ class MlflowServer:
         """Where the server writes its output."""
         return self.state_dir / LOG_FILE
 
+    @property
+    def record_path(self) -> Path:
+        """Where the running server of this state dir is recorded."""
+        return self.state_dir / RECORD_FILE
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self, timeout: float = 60) -> None:
@@ -136,6 +163,9 @@ class MlflowServer:
             return
         began = time.monotonic()
         deadline = began + timeout
+        left_port = self._take_over_state_dir()
+        if not self._requested_port and self._port is None and left_port and _port_free(self.host, left_port):
+            self._port = left_port
         attempts = 1 if self._requested_port else _PORT_ATTEMPTS
         for attempt in range(1, attempts + 1):
             # A restart keeps its URL when it can, so clients built before stop() still work.
@@ -152,7 +182,57 @@ class MlflowServer:
                     raise
                 _log.warning("port %s was taken before MLflow bound it; trying another", self._port)
         self.started_in = time.monotonic() - began
+        self._write_record()
         _log.info("MLflow server up at %s (pid %s) in %.1f s", self.url, self.pid, self.started_in)
+
+    def _take_over_state_dir(self) -> int | None:
+        """Stop the server a dead owner left on this state dir; returns the port it had.
+
+        A live server of a live owner (another host on the same state dir) is refused: two servers
+        over one SQLite store would each cache webhooks and fight over the database.
+        """
+        path = self.record_path
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            _log.warning("ignoring unreadable %s: %s", path, exc)
+            path.unlink(missing_ok=True)
+            return None
+        pid, owner = record.get("pid"), record.get("owner_pid")
+        if isinstance(pid, int) and _is_process(pid, record.get("proc_start")):
+            if isinstance(owner, int) and _is_process(owner, record.get("owner_start")):
+                raise MlflowServerError(
+                    f"an MLflow server (pid {pid}, {record.get('url')}) of process {owner} already serves "
+                    f"{self.state_dir}; stop that process first"
+                )
+            _log.warning(
+                "stopping the MLflow server (pid %s, %s) that a stopped host (pid %s) left on %s",
+                pid,
+                record.get("url"),
+                owner,
+                self.state_dir,
+            )
+            _stop_group(pid, _STOP_TIMEOUT_SECONDS)
+        path.unlink(missing_ok=True)
+        port = record.get("port")
+        return port if isinstance(port, int) else None
+
+    def _write_record(self) -> None:
+        assert self._process is not None
+        record = {
+            "pid": self._process.pid,
+            "proc_start": _start_ticks(self._process.pid),
+            "port": self._port,
+            "url": self.url,
+            "owner_pid": os.getpid(),
+            "owner_start": _start_ticks(os.getpid()),
+            "started_at": datetime.now(UTC).isoformat(),
+        }
+        partial = self.record_path.with_name(f".{RECORD_FILE}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(record, indent=2), encoding="utf-8")
+        os.replace(partial, self.record_path)
 
     def _command(self) -> list[str]:
         assert self._port is not None
@@ -201,8 +281,11 @@ class MlflowServer:
             self._log_offset = log.tell()
             log.write(f"--- starting mlflow server on {self.url} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
             log.flush()
+            command = self._command()
+            if self._die_with_parent:
+                command = [sys.executable, "-c", _LIFELINE, str(os.getpid()), *command]
             self._process = subprocess.Popen(
-                self._command(),
+                command,
                 cwd=self.state_dir,  # MLflow falls back to ./mlruns and ./mlartifacts relative to cwd
                 env=self._environment(),
                 stdin=subprocess.DEVNULL,
@@ -240,6 +323,9 @@ class MlflowServer:
         process, self._process = self._process, None
         if process is None:
             return
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(self.record_path.read_text(encoding="utf-8")).get("pid") == process.pid:
+                self.record_path.unlink()
         _signal_group(process, signal.SIGTERM)
         try:
             process.wait(timeout=timeout)
@@ -283,6 +369,71 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
+    return True
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), which tells a reused pid from ours."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
+
+
+def _is_process(pid: int, start_ticks: object) -> bool:
+    """Whether ``pid`` runs (not a zombie) and is the process recorded with ``start_ticks``."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    fields = _stat_fields(pid)
+    if fields is None:
+        return True  # no /proc: the pid is all there is to go by
+    return fields[0] != "Z" and (not isinstance(start_ticks, int) or int(fields[19]) == start_ticks)
+
+
+def _live_members(pgid: int) -> bool:
+    """Whether a non-zombie process is left in the group (an orphaned zombie nobody reaps is dead)."""
+    if not _group_alive(pgid):
+        return False
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for entry in proc.glob("[0-9]*"):
+        fields = _stat_fields(int(entry.name))
+        if fields and fields[0] != "Z" and fields[2] == str(pgid):
+            return True
+    return False
+
+
+def _stop_group(pgid: int, timeout: float) -> None:
+    """SIGTERM a process group that is not our child, SIGKILL it after ``timeout``; wait until it is gone."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signum)
+        deadline = time.monotonic() + timeout
+        while _live_members(pgid) and time.monotonic() < deadline:
+            time.sleep(_POLL_SECONDS)
+        if not _live_members(pgid):
+            return
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether nobody listens on ``port`` now (a restart takes its old port back when it can)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
     return True
 
 

@@ -6,9 +6,12 @@ slot that takes no traffic, as its own ``mlflow models serve`` process on 127.0.
 (``signalbox.localhost.endpoints``) forwards the stable URL to whatever that file names.
 
 State lives under ``<state_dir>/endpoints/<endpoint>/``: ``<slot>.json`` describes the
-server running in a slot, ``<slot>.log`` is its output and ``route.json`` is the routed
-deployment. The servers run in their own sessions, so they survive the process that started
-them (the host can restart without downtime) and stop as a whole process group.
+server running in a slot (pid, start time, and the process that owns it), ``<slot>.log`` is
+its output and ``route.json`` is the routed deployment. The servers run in their own sessions,
+so they survive the process that started them (an endpoint keeps serving while the host
+restarts, as a cloud endpoint would) and stop as a whole process group. A restarted host calls
+:func:`recover_endpoints`: it adopts the routed servers and stops the unrouted ones a dead
+owner left behind (a deployment cut short; its redelivered command starts the slot again).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,7 @@ from typing import Any
 from shared.errors import DeploymentFailed, PermanentError
 from shared.ports import Deployment, Readiness, ScoringFrame
 
-__all__ = ["SLOTS", "LocalServing", "resolve_route"]
+__all__ = ["SLOTS", "LocalServing", "Recovered", "recover_endpoints", "resolve_route"]
 
 log = logging.getLogger("signalbox.serving.local")
 
@@ -171,6 +175,16 @@ def _terminate_group(pgid: int, grace: float = _STOP_GRACE_SECONDS) -> None:
     if child is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=1.0)
+
+
+def _owner() -> dict[str, object]:
+    """This process as a slot record's owner."""
+    return {"owner_pid": os.getpid(), "owner_start": _proc_start_ticks(os.getpid())}
+
+
+def _owner_alive(record: Mapping[str, Any]) -> bool:
+    pid, ticks = record.get("owner_pid"), record.get("owner_start")
+    return isinstance(pid, int) and _alive(pid, ticks if isinstance(ticks, int) else None)
 
 
 def _free_port() -> int:
@@ -316,6 +330,7 @@ class LocalServing:
             "url": url,
             "pid": proc.pid,
             "proc_start": _proc_start_ticks(proc.pid),
+            **_owner(),
             "started_at": datetime.now(UTC).isoformat(),
             "log": str(log_path),
         }
@@ -433,3 +448,57 @@ class LocalServing:
         log.info(
             "endpoint %s: stopped %s v%s in slot %s", endpoint, record.get("model_name"), record.get("version"), slot
         )
+
+
+@dataclass
+class Recovered:
+    """What :func:`recover_endpoints` did, as ``endpoint/slot`` names."""
+
+    adopted: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+
+
+def recover_endpoints(state_dir: Path) -> Recovered:
+    """Take over the scoring servers recorded in the state dir, as a host starting after a crash must.
+
+    A live routed server is adopted: its record names this process as owner and it keeps serving.
+    A live unrouted server whose owner is dead (a deployment cut short, or the old slot a crash left
+    behind after the route moved) is stopped; one whose owner still runs is left to it. The record
+    of a server that is gone is removed.
+    """
+    serving = LocalServing(Path(state_dir), "", "")
+    done = Recovered()
+    for directory in sorted((Path(state_dir) / "endpoints").glob("*/")):
+        if not _ENDPOINT_NAME.match(directory.name):
+            continue
+        endpoint = directory.name
+        route = serving._route_record(endpoint) or {}
+        for slot in SLOTS:
+            record = serving._slot_record(endpoint, slot)
+            if record is None:
+                continue
+            name = f"{endpoint}/{slot}"
+            routed = route.get("slot") == slot and route.get("url") == record.get("url")
+            if not serving._record_alive(record):
+                serving._stop_record(endpoint, slot, record)  # members of its group may linger
+                done.forgotten.append(name)
+            elif routed:
+                _write_json_atomic(
+                    directory / f"{slot}.json", {**record, **_owner(), "adopted_at": datetime.now(UTC).isoformat()}
+                )
+                done.adopted.append(name)
+            elif _owner_alive(record) and record.get("owner_pid") != os.getpid():
+                done.left.append(name)
+            else:
+                serving._stop_record(endpoint, slot, record)
+                done.stopped.append(name)
+    if done.adopted or done.stopped or done.forgotten:
+        log.info(
+            "scoring servers recovered: adopted %s, stopped %s (unrouted, owner gone), forgot %s (gone)",
+            done.adopted or "none",
+            done.stopped or "none",
+            done.forgotten or "none",
+        )
+    return done
