@@ -369,3 +369,13 @@ def test_restart_keeps_url_and_can_still_use_stored_webhook_secrets(
         assert (event.entity, event.action) == ("model_version", "created")
     finally:
         client.delete_webhook(hook_id)
+
+
+def test_model_tags_on_the_sql_store_do_not_read_the_versions(tmp_path: Path) -> None:
+    registry = MlflowRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert registry.model_tags("unknown") == {}
+    registry.set_model_tag("sql-model", "signalbox.hold", "on")
+    registry.set_model_tag("sql-model", "owner", "ml-team")
+    assert registry.model_tags("sql-model") == {"signalbox.hold": "on", "owner": "ml-team"}
+    # The same answer as MLflow's own read, which builds every version too.
+    assert registry.model_tags("sql-model") == dict(registry._client.get_registered_model("sql-model").tags)
