@@ -259,6 +259,9 @@ class LandedFile:
     path: str
     size: int
     last_modified: datetime  # timezone-aware, UTC
+    # The storage's version of the content as it reports it (``0x8D…`` on Blob Storage, with or
+    # without quotes): with the path it names one write of the file, as BlobCreated's ``eTag`` does.
+    etag: str | None = None
 
 
 class LandingZone(Protocol):

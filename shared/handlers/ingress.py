@@ -17,8 +17,23 @@ if TYPE_CHECKING:
     from shared.webhooks import GithubPush
 
 
+def landing_cause(container: str, blob_path: str, etag: str | None) -> str | None:
+    """The cause of training on one write of a landed file: its name and its ETag, as storage reports them.
+
+    The BlobCreated event of a write and a landing sweep that lists the file derive the same cause,
+    so the same message id, and duplicate detection keeps them to one training. The name, not the
+    URL: an event's URL may name the Data Lake endpoint (``dfs``) where a listing names ``blob``.
+    None without an ETag. The quotes HTTP and Event Grid put around it, and a weak ``W/``, are dropped.
+    """
+    tag = (etag or "").strip().removeprefix("W/").strip('"')
+    return f"blob:{container}/{blob_path}@{tag}" if tag else None
+
+
 def land_blob(blob: BlobCreated, svc: Services) -> Outcome:
-    """New data in the landing zone → train the model whose prefix holds it."""
+    """New data in the landing zone → train the model whose prefix holds it.
+
+    One training per write of the file (``landing_cause``); an event without an ETag is one cause per event.
+    """
     model = svc.catalogue.for_blob(blob.container, blob.blob_path)
     if model is None:
         log.info("ignored blob %s/%s: no catalogue entry has that container and prefix", blob.container, blob.blob_path)
@@ -45,7 +60,7 @@ def land_blob(blob: BlobCreated, svc: Services) -> Outcome:
         start(
             svc,
             TrainModel(model_name=model.name, reason="landing", data_uri=blob.url),
-            cause=f"eventgrid:{blob.event_id}",
+            cause=landing_cause(blob.container, blob.blob_path, blob.etag) or f"eventgrid:{blob.event_id}",
         )
     )
     return Outcome.TRAIN

@@ -149,6 +149,7 @@ class BlobLandingZone:
                     path=blob.name,
                     size=int(blob.size),
                     last_modified=blob.last_modified.astimezone(UTC),
+                    etag=blob.etag,
                 )
                 for blob in blobs
                 if after is None or blob.last_modified > after

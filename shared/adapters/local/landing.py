@@ -23,6 +23,15 @@ def local_path(uri: str) -> Path:
     raise OSError(f"{uri} is not a local file (the local landing zone reads file:// URIs)")
 
 
+def file_etag(stat: os.stat_result) -> str:
+    """The local ETag of a file's content as ``stat`` sees it: a new write (or a file renamed in) changes it.
+
+    The listing and the local BlobCreated events use this one function, so a landed file's event and
+    a sweep name the same write alike.
+    """
+    return f"0x{stat.st_mtime_ns:X}-{stat.st_size:X}-{stat.st_ino:X}"
+
+
 def _may_hold(folder: str, prefix: str) -> bool:
     """Whether a folder (``a/b/``) can hold a path that starts with ``prefix``."""
     return folder.startswith(prefix) or prefix.startswith(folder)
@@ -104,7 +113,7 @@ class LocalLandingZone:
                     continue
                 modified = datetime.fromtimestamp(stat.st_mtime, UTC)
                 if after is None or modified > after:
-                    yield LandedFile(file.as_uri(), container, path, stat.st_size, modified)
+                    yield LandedFile(file.as_uri(), container, path, stat.st_size, modified, file_etag(stat))
 
 
 class LocalLifecycleEvents:
