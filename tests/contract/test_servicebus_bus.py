@@ -12,6 +12,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -127,16 +130,39 @@ def test_a_scheduled_time_is_sent_in_utc_and_must_be_aware():
 # -- a recording stand-in for ServiceBusClient --------------------------------------------
 
 
+class Touched:
+    """Which threads used an SDK stand-in (closing it is not a use: close() may come from any thread)."""
+
+    def __init__(self) -> None:
+        self.threads: set[int] = set()
+        self.overlaps = 0  # uses that began while another use was in flight
+        self._busy = threading.Lock()
+
+    @contextmanager
+    def use(self) -> Iterator[None]:
+        self.threads.add(threading.get_ident())
+        if not self._busy.acquire(blocking=False):
+            self.overlaps += 1
+            self._busy.acquire()
+        try:
+            time.sleep(0)  # let another thread in, if the adapter would let it
+            yield
+        finally:
+            self._busy.release()
+
+
 class RecordingBatch(ServiceBusMessageBatch):
-    """A real batch (real size accounting) that remembers what was added."""
+    """A real batch (real size accounting) that remembers what was added and who added it."""
 
     def __init__(self, max_size_in_bytes: int | None = None) -> None:
         super().__init__(max_size_in_bytes=max_size_in_bytes)
         self.added: list[ServiceBusMessage] = []
+        self.touched = Touched()
 
     def add_message(self, message: Any) -> None:
-        super().add_message(message)
-        self.added.append(message)
+        with self.touched.use():
+            super().add_message(message)
+            self.added.append(message)
 
 
 class RecordingSender:
@@ -144,17 +170,24 @@ class RecordingSender:
         self.client = client
         self.queue = queue
         self.closed = False
+        self.touched = Touched()
+        self.batches: list[RecordingBatch] = []
 
     def send_messages(self, message: Any) -> None:
-        assert not self.closed, "sent on a closed sender"
-        if self.client.failures:
-            raise self.client.failures.pop(0)
-        self.client.sent.append((self.queue, message))
+        with self.touched.use():
+            assert not self.closed, "sent on a closed sender"
+            if self.client.failures:
+                raise self.client.failures.pop(0)
+            if isinstance(message, RecordingBatch):
+                message.touched.threads.add(threading.get_ident())
+            self.client.sent.append((self.queue, message))
 
     def create_message_batch(self) -> RecordingBatch:
-        if self.client.batch_failures:
-            raise self.client.batch_failures.pop(0)
-        return RecordingBatch(self.client.batch_size)
+        with self.touched.use():
+            if self.client.batch_failures:
+                raise self.client.batch_failures.pop(0)
+            self.batches.append(RecordingBatch(self.client.batch_size))
+            return self.batches[-1]
 
     def close(self) -> None:
         self.closed = True
@@ -168,11 +201,13 @@ class RecordingClient:
         self.failures: list[Exception] = []
         self.batch_failures: list[Exception] = []
         self.closed = False
+        self.touched = Touched()
 
     def get_queue_sender(self, *, queue_name: str) -> RecordingSender:
-        sender = RecordingSender(self, queue_name)
-        self.senders.append(sender)
-        return sender
+        with self.touched.use():
+            sender = RecordingSender(self, queue_name)
+            self.senders.append(sender)
+            return sender
 
     def close(self) -> None:
         self.closed = True
@@ -185,10 +220,12 @@ class Factory:
     def __init__(self, batch_size: int | None = None) -> None:
         self.clients: list[RecordingClient] = []
         self.batch_size = batch_size
+        self.lock = threading.Lock()
 
     def __call__(self) -> RecordingClient:
         client = RecordingClient(self.batch_size)
-        self.clients.append(client)
+        with self.lock:
+            self.clients.append(client)
         return client
 
 
@@ -274,25 +311,148 @@ def test_close_closes_senders_and_client_and_a_later_send_reconnects():
     assert len(factory.clients) == 2 and factory.clients[1].sent[0][0] == "train"
 
 
-def test_concurrent_sends_share_one_client_and_one_sender_per_queue():
-    bus, factory = recording_bus()
-    envelopes = [make(f"m{i}") for i in range(40) for make in (train, promote)]
-    barrier = threading.Barrier(8)
+THREADS = 16
 
-    def worker(chunk: list[Envelope]) -> None:
-        barrier.wait()
-        for envelope in chunk:
-            bus.send(envelope)
 
-    threads = [threading.Thread(target=worker, args=(envelopes[i::8],)) for i in range(8)]
+def run_threads(count: int, work: Any) -> None:
+    """``work(i)`` on ``count`` threads started together; re-raise the first failure."""
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            work(i)
+        except BaseException as exc:  # reported below, on the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"sender-{i}") for i in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
-    assert len(factory.clients) == 1
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "a sending thread hangs"
+    if errors:
+        raise errors[0]
+
+
+def assert_no_sdk_object_shared_between_threads(factory: Factory) -> None:
+    for client in factory.clients:
+        objects = [client, *client.senders, *(batch for sender in client.senders for batch in sender.batches)]
+        owners = set().union(*(obj.touched.threads for obj in objects))
+        assert len(owners) <= 1, f"one client (and its senders, batches) used by {len(owners)} threads"
+        assert all(obj.touched.overlaps == 0 for obj in objects)
+
+
+def test_concurrent_senders_each_use_their_own_client_and_senders():
+    """azure-servicebus' clients, senders and batches are not thread-safe: no two threads share one."""
+    bus, factory = recording_bus()
+    envelopes = [make(f"m{i}") for i in range(50) for make in (train, promote, deploy)]
+
+    def work(i: int) -> None:
+        for envelope in envelopes[i::THREADS]:
+            bus.send(envelope)
+        bus.send_many([train(cause=f"many-{i}-{n}") for n in range(3)] + [promote(f"many-{i}")])
+
+    run_threads(THREADS, work)
+    assert_no_sdk_object_shared_between_threads(factory)
+    assert len(factory.clients) == THREADS  # one per sending thread
+    sent = [m.message_id for client in factory.clients for _, item in client.sent for m in messages_of(item)]
+    wanted = [e.message_id for e in envelopes]
+    wanted += [e.message_id for i in range(THREADS) for e in [train(cause=f"many-{i}-{n}") for n in range(3)]]
+    wanted += [promote(f"many-{i}").message_id for i in range(THREADS)]
+    assert sorted(sent) == sorted(wanted)  # every message once, none lost or doubled
+    for client in factory.clients:
+        assert sorted(client.sender_queues()) == sorted(set(client.sender_queues()))  # one sender per queue
+    bus.close()
+    assert all(client.closed and all(s.closed for s in client.senders) for client in factory.clients)
+
+
+def messages_of(item: Any) -> list[ServiceBusMessage]:
+    return list(item.added) if isinstance(item, RecordingBatch) else [item]
+
+
+def test_a_thread_keeps_its_client_and_senders_across_sends():
+    bus, factory = recording_bus()
+
+    def work(i: int) -> None:
+        for n in range(5):
+            bus.send(train(cause=f"{i}-{n}"))
+
+    run_threads(4, work)
+    assert len(factory.clients) == 4
+    assert all(client.sender_queues() == ["train"] and len(client.sent) == 5 for client in factory.clients)
+
+
+def test_links_of_ended_threads_are_closed_when_a_new_thread_sends():
+    bus, factory = recording_bus()
+    all_sent = threading.Barrier(3)
+
+    def first(i: int) -> None:
+        bus.send(train(cause=f"first-{i}"))
+        all_sent.wait()  # none ends before all have their links (a new thread reaps ended ones)
+
+    run_threads(3, first)
+    first = list(factory.clients)
+    assert not any(client.closed for client in first)
+    run_threads(1, lambda i: bus.send(train(cause="later")))
+    assert all(client.closed and all(s.closed for s in client.senders) for client in first)
+    assert len(factory.clients) == 4 and not factory.clients[-1].closed
+
+
+def test_close_waits_for_a_send_in_flight_on_another_thread():
+    bus, factory = recording_bus()
+    entered, release = threading.Event(), threading.Event()
+    closed_while_sending: list[bool] = []
+
+    def slow(envelope: Envelope) -> None:
+        with bus._sending(envelope.queue, what="slow") as sender:
+            sender.send_messages(to_servicebus_message(envelope))
+            entered.set()
+            release.wait(10)
+            closed_while_sending.append(sender.closed)
+
+    sending = threading.Thread(target=slow, args=(train(),))
+    sending.start()
+    assert entered.wait(10)
+    closer = threading.Thread(target=bus.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive(), "close() must wait for the send in flight"
+    release.set()
+    sending.join(10)
+    closer.join(10)
+    assert closed_while_sending == [False]
     client = factory.clients[0]
-    assert sorted(client.sender_queues()) == ["promote", "train"]
-    assert sorted(m.message_id for _, m in client.sent) == sorted(e.message_id for e in envelopes)
+    assert client.closed and client.senders[0].closed
+    bus.send(train(cause="after"))  # this (test) thread gets new links
+    assert len(factory.clients) == 2
+
+
+def test_a_broken_link_is_dropped_for_its_thread_only():
+    bus, factory = recording_bus()
+    both_warm = threading.Barrier(2)
+    failed: list[str] = []
+
+    def work(i: int) -> None:
+        bus.send(train(cause=f"warm-{i}"))
+        both_warm.wait()
+        if i == 0:
+            mine = next(c for c in list(factory.clients) if threading.get_ident() in c.touched.threads)
+            mine.failures.append(sb.ServiceBusConnectionError(message="socket closed"))
+            with pytest.raises(TransientError, match="retry later"):
+                bus.send(train(cause="lost"))
+            failed.append(threading.current_thread().name)
+        bus.send(train(cause=f"after-{i}"))
+
+    run_threads(2, work)
+    assert failed == ["sender-0"]
+    assert len(factory.clients) == 2  # the client is kept: each sender owns its AMQP connection
+    by_senders = sorted(factory.clients, key=lambda c: len(c.senders))
+    assert [len(c.senders) for c in by_senders] == [1, 2]  # only the failing thread reopened its sender
+    assert not by_senders[0].senders[0].closed
+    assert by_senders[1].senders[0].closed and not by_senders[1].senders[1].closed
+    assert_no_sdk_object_shared_between_threads(factory)
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -464,6 +624,43 @@ def test_the_real_client_unreachable_is_transient_and_reconnects(caplog, monkeyp
     assert KEY not in caplog.text and KEY not in str(raised.value)
 
 
+@pytest.mark.skipif(not amqp_port_closed(), reason="something listens on 127.0.0.1:5671")
+def test_real_clients_and_senders_on_many_threads_are_never_shared(caplog, monkeypatch):
+    """The real ServiceBusClient / ServiceBusSender, offline: each thread builds and uses its own."""
+    caplog.set_level(logging.INFO)
+    opened: list[tuple[int, ServiceBusClient, Any]] = []  # (thread, client, sender), kept alive: no id reuse
+    lock = threading.Lock()
+    real = ServiceBusClient.get_queue_sender
+
+    def recording(self: ServiceBusClient, queue_name: str, **kwargs: Any) -> Any:
+        sender = real(self, queue_name, **kwargs)
+        with lock:
+            opened.append((threading.get_ident(), self, sender))
+        return sender
+
+    monkeypatch.setattr(ServiceBusClient, "get_queue_sender", recording)
+    bus = ServiceBusBus(ServiceBusAccess(connection_string=CONNECTION), retry_total=0)
+    outcomes: list[str] = []
+
+    def work(i: int) -> None:
+        try:
+            bus.send(train(cause=f"real-{i}"))
+        except TransientError as exc:
+            with lock:
+                outcomes.append(type(exc).__name__)
+
+    try:
+        run_threads(8, work)
+    finally:
+        bus.close()
+    assert outcomes == ["TransientError"] * 8  # unreachable, and translated on every thread
+    assert len({thread for thread, _, _ in opened}) == 8
+    assert len({id(client) for _, client, _ in opened}) == 8  # a real client per thread
+    assert len({id(sender) for _, _, sender in opened}) == 8
+    assert caplog.text.count("Service Bus client for namespace 127.0.0.1") == 8
+    assert KEY not in caplog.text
+
+
 class StubCredential:
     def __init__(self) -> None:
         self.scopes: list[str] = []
@@ -535,8 +732,9 @@ def test_one_access_makes_one_credential_for_every_service_bus_adapter(monkeypat
     bus = ServiceBusBus(access)
     dead_letters = ServiceBusDeadLetters(access)
     depths = ServiceBusQueueDepths(access)
-    with bus._lock:
-        bus_client = bus._get_client()
+    links = bus._links()
+    with links.lock:
+        bus_client = bus._client(links)
     dead_letter_client = dead_letters._get_client()
     admin = depths._admin_client()
     try:

@@ -52,15 +52,40 @@ def _aware_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-@dataclass
-class _Sender:
-    sender: Any
+@dataclass(eq=False)
+class _Links:
+    """One thread's ``ServiceBusClient`` and its senders: only that thread sends with them.
+
+    azure-servicebus does not make its clients and senders thread-safe and advises against sharing
+    them across threads. ``lock`` is taken by the owner around each use, and by :meth:`ServiceBusBus.close`
+    (from any thread) to wait for a send in flight before it closes the links.
+    """
+
+    owner: threading.Thread
+    client: Any = None
+    senders: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
 
+    def close(self) -> None:
+        """Close the senders, then the client (called with ``lock`` held)."""
+        self.closed = True
+        senders, self.senders = list(self.senders.values()), {}
+        for sender in senders:
+            _quietly_close(sender)
+        if self.client is not None:
+            _quietly_close(self.client)
+            self.client = None
+
 
 class ServiceBusBus:
-    """Sends commands to Azure Service Bus queues: one client per adapter, one sender per queue."""
+    """Sends commands to Azure Service Bus queues: each sending thread has its own client and senders.
+
+    Nothing from azure-servicebus is shared between threads (its clients are not thread-safe), so
+    threads send in parallel. Each sender is one AMQP connection (the SDK shares none): an instance
+    holds at most one per sending thread and queue (the Functions worker's thread pool is small and
+    long-lived). Links of a thread that has ended are closed when a new thread starts sending.
+    """
 
     def __init__(
         self,
@@ -78,9 +103,9 @@ class ServiceBusBus:
         self.namespace = access.namespace
         self._client_factory = client_factory
         self._retry_total = retry_total
-        self._lock = threading.Lock()
-        self._client: Any = None
-        self._senders: dict[str, _Sender] = {}
+        self._local = threading.local()
+        self._lock = threading.Lock()  # guards _all
+        self._all: list[_Links] = []
 
     def __repr__(self) -> str:
         return f"ServiceBusBus(namespace={self.namespace!r})"
@@ -106,17 +131,12 @@ class ServiceBusBus:
                 self._send_batches(queue, sender, messages)
 
     def close(self) -> None:
-        """Close every sender and the client; a later send reconnects."""
+        """Close every thread's senders and client (after a send in flight); a later send reconnects."""
         with self._lock:
-            senders = list(self._senders.values())
-            self._senders.clear()
-            client, self._client = self._client, None
-        for cached in senders:
-            with cached.lock:
-                cached.closed = True
-                _quietly_close(cached.sender)
-        if client is not None:
-            _quietly_close(client)
+            every, self._all = self._all, []
+        for links in every:
+            with links.lock:
+                links.close()
 
     # -- internals ---------------------------------------------------------------------
 
@@ -146,56 +166,71 @@ class ServiceBusBus:
             f"{self.namespace}: keep commands small (pass data by URI, not inline)"
         )
 
-    def _get_client(self) -> Any:
-        # Called with self._lock held.
-        if self._client is None:
+    def _links(self) -> _Links:
+        """This thread's links, registered (and those of ended threads closed) on first use."""
+        links: _Links | None = getattr(self._local, "links", None)
+        if links is not None and not links.closed:
+            return links
+        links = _Links(owner=threading.current_thread())
+        with self._lock:
+            ended = [other for other in self._all if not other.owner.is_alive()]
+            self._all = [other for other in self._all if other.owner.is_alive()]
+            self._all.append(links)
+        for other in ended:  # no thread can use them any more
+            with other.lock:
+                other.close()
+        self._local.links = links
+        return links
+
+    def _client(self, links: _Links) -> Any:
+        # Called by the owner with links.lock held.
+        if links.client is None:
             if self._client_factory is not None:
-                self._client = self._client_factory()
+                links.client = self._client_factory()
             else:
-                self._client = self._access.client(retry_total=self._retry_total)
-                log.info("Service Bus client for namespace %s (%s)", self.namespace, self._access.how())
-        return self._client
+                links.client = self._access.client(retry_total=self._retry_total)
+                log.info(
+                    "Service Bus client for namespace %s (%s) on thread %s",
+                    self.namespace,
+                    self._access.how(),
+                    links.owner.name,
+                )
+        return links.client
 
-    def _sender(self, queue: str) -> _Sender:
-        with self._lock:
-            cached = self._senders.get(queue)
-            if cached is None:
-                cached = _Sender(self._get_client().get_queue_sender(queue_name=queue))
-                self._senders[queue] = cached
-            return cached
-
-    def _drop(self, queue: str, cached: _Sender) -> None:
-        # Called with cached.lock held; the next send on this queue opens a new link.
-        cached.closed = True
-        with self._lock:
-            if self._senders.get(queue) is cached:
-                del self._senders[queue]
-        _quietly_close(cached.sender)
+    def _sender(self, links: _Links, queue: str) -> Any:
+        # Called by the owner with links.lock held.
+        sender = links.senders.get(queue)
+        if sender is None:
+            sender = links.senders[queue] = self._client(links).get_queue_sender(queue_name=queue)
+        return sender
 
     @contextmanager
     def _sending(self, queue: str, *, what: str) -> Iterator[Any]:
-        """Yield the queue's sender, held exclusively; translate what the SDK raises."""
+        """Yield this thread's sender for the queue; translate what the SDK raises."""
         while True:
-            try:
-                cached = self._sender(queue)
-            except ValueError:
-                raise PermanentError(
-                    f"cannot create a Service Bus client for namespace {self.namespace}: "
-                    f"check {CONNECTION_SETTING} / {NAMESPACE_SETTING}"
-                ) from None
-            with cached.lock:
-                if cached.closed:  # dropped by another thread while this one waited
+            links = self._links()
+            with links.lock:
+                if links.closed:  # closed by close() on another thread: open new links
                     continue
                 try:
-                    yield cached.sender
+                    sender = self._sender(links, queue)
+                except ValueError:
+                    raise PermanentError(
+                        f"cannot create a Service Bus client for namespace {self.namespace}: "
+                        f"check {CONNECTION_SETTING} / {NAMESPACE_SETTING}"
+                    ) from None
+                try:
+                    yield sender
                 except (PermanentError, TransientError):
                     raise
                 except Exception as exc:
                     translated = self._translate(exc, queue, what)
                     if translated is None:
                         raise
-                    if not _keeps_link(exc):
-                        self._drop(queue, cached)
+                    if not _keeps_link(exc):  # the next send on this queue opens a new link
+                        if links.senders.get(queue) is sender:
+                            del links.senders[queue]
+                        _quietly_close(sender)
                     raise translated from None
                 return
 
