@@ -4,7 +4,7 @@
 queue of ``shared/queues.json``. The embedded default counts the local SQLite queues; in
 Azure, Azure Monitor's Service Bus metrics (a reader role, ``SIGNALBOX_SERVICEBUS_RESOURCE_ID``)
 or, without that setting, the Service Bus administration API (Manage / Data Owner) report them.
-``shared/adapters/servicebus.queues`` picks one. The SDKs load only inside the adapter that
+``shared.adapters.servicebus.make_queues`` picks one. The SDKs load only inside the adapter that
 needs them (this module is import-light).
 """
 
@@ -53,7 +53,9 @@ class ServiceBusQueueDepths:
     there, so ``locked`` is always 0. Reading runtime properties is a management operation:
     the identity needs Azure Service Bus Data Owner on the namespace (Data Sender and Receiver
     are not enough), a connection string a SAS rule with Manage. Without them ``depths()``
-    raises and the ops page shows the lifecycle with "queue depths unavailable".
+    raises and the ops page shows the lifecycle with "queue depths unavailable". Used only when
+    ``SIGNALBOX_SERVICEBUS_RESOURCE_ID`` is empty (e.g. a connection string on a workstation);
+    :class:`MonitorQueueDepths` needs only a reader role.
     """
 
     def __init__(self, access: ServiceBusAccess, *, names: Iterable[str] | None = None, client: Any = None) -> None:
