@@ -138,6 +138,12 @@ param pollMaxSeconds string = '300'
 @minValue(1)
 param pollMaxAttempts int = 200
 
+@description('SIGNALBOX_RECONCILE_SCHEDULE: NCRONTAB (6 fields) of the reconciliation sweep timer.')
+param reconcileSchedule string = '0 */5 * * * *'
+
+@description('SIGNALBOX_RECONCILE_GRACE_SECONDS: how old an unannounced version must be before the sweep evaluates it (a number, as a string).')
+param reconcileGraceSeconds string = '120'
+
 @description('SIGNALBOX_CODE_COMMIT: commit SHA of the deployed code (the deploy workflow passes github.sha).')
 param codeCommit string = ''
 
@@ -282,6 +288,8 @@ module functionApp 'modules/functionapp.bicep' = {
     retryInitialSeconds: retryInitialSeconds
     retryMaxSeconds: retryMaxSeconds
     pollMaxAttempts: pollMaxAttempts
+    reconcileSchedule: reconcileSchedule
+    reconcileGraceSeconds: reconcileGraceSeconds
     codeCommit: codeCommit
     codeRepository: codeRepository
   }

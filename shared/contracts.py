@@ -120,8 +120,23 @@ class RollbackModel(_Command):
     attempt: int = Field(default=0, ge=0)
 
 
+Sweep = Literal["registry", "runs", "landing"]
+
+
+class ReconcileModel(_Command):
+    """Sweep one model for what its events lost (``shared.handlers.reconcile``).
+
+    It travels on the promote queue, in the model's session, so one sweep per model runs at a
+    time, ordered with that model's promotions.
+    """
+
+    kind: Literal["reconcile"] = "reconcile"
+    sweeps: tuple[Sweep, ...] = ("registry", "runs", "landing")
+    dry_run: bool = False
+
+
 Command = Annotated[
-    TrainModel | PollRun | EvaluateVersion | PromoteVersion | DeployVersion | RollbackModel,
+    TrainModel | PollRun | EvaluateVersion | PromoteVersion | DeployVersion | RollbackModel | ReconcileModel,
     Field(discriminator="kind"),
 ]
 
@@ -132,6 +147,7 @@ QUEUE_OF: dict[str, str] = {
     "promote": queues.PROMOTE,
     "deploy": queues.DEPLOY,
     "rollback": queues.DEPLOY,
+    "reconcile": queues.PROMOTE,
 }
 
 

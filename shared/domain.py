@@ -63,6 +63,7 @@ class LifecycleEvent(StrEnum):
     ROLLBACK_FAILED = "RollbackFailed"
     MODEL_HELD = "ModelHeld"
     MODEL_RELEASED = "ModelReleased"
+    RECONCILED = "Reconciled"
 
 
 class Outcome(StrEnum):
@@ -116,6 +117,8 @@ class Outcome(StrEnum):
     NOT_HELD = "not-held"
     REVERTED = "reverted"
     REVERT_FAILED = "revert-failed"
+    # reconciliation
+    RECONCILED = "reconciled"
 
 
 STAGE = "stage"
@@ -141,6 +144,11 @@ HOLD = "signalbox.hold"
 # On a version an operator rolled back from: who, why, when, to which version (its stage: ``unstaged``).
 ROLLBACK = "signalbox.rollback"
 OUTCOME = "signalbox.outcome"
+# The registry sweep's watermark on the registered model: every version at or below it is decided or sent.
+RECONCILED_VERSION = "signalbox.reconciled.version"
+# One registered-model tag per launched run not yet seen finished (``signalbox.run.<run id>``): a record
+# of its backend and when its next poll is due, so the run sweep finds a run whose poll was lost.
+RUN_TAG_PREFIX = "signalbox.run."
 
 
 # The registries keep version numbers in 32-bit integer columns.

@@ -70,6 +70,14 @@ class Registry(Protocol):
         """The versions of a model whose tag ``key`` is ``value``, oldest first (searched, not listed)."""
         ...
 
+    def versions_after(self, model_name: str, version: str, limit: int) -> list[ModelVersion]:
+        """The oldest ``limit`` versions numbered above ``version``, oldest first, with their tags.
+
+        Costs O(versions above ``version``), not O(versions): the reconciliation sweep's read.
+        Aliases are not read (empty).
+        """
+        ...
+
     def set_version_tags(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
         """Set (overwrite) tags on a version."""
         ...
@@ -96,6 +104,10 @@ class Registry(Protocol):
 
     def set_model_tag(self, model_name: str, key: str, value: str) -> None:
         """Set a tag on the registered model, creating the model if needed."""
+        ...
+
+    def delete_model_tag(self, model_name: str, key: str) -> None:
+        """Remove a tag from the registered model; no error when it (or the model) is absent."""
         ...
 
     def has_model_files(self, model_name: str, version: str) -> bool:

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     poll_initial_seconds: float = Field(default=2.0, gt=0, alias="SIGNALBOX_POLL_INITIAL_SECONDS")
     poll_max_seconds: float = Field(default=300.0, gt=0, alias="SIGNALBOX_POLL_MAX_SECONDS")
     poll_max_attempts: int = Field(default=200, ge=1, alias="SIGNALBOX_POLL_MAX_ATTEMPTS")
+    # The reconciliation timer (functions/reconcile.py reads it as %SIGNALBOX_RECONCILE_SCHEDULE%).
+    reconcile_schedule: str = Field(default="0 */5 * * * *", min_length=1, alias="SIGNALBOX_RECONCILE_SCHEDULE")
+    # How old an undecided version (or an overdue poll) must be before a sweep acts: the live event wins.
+    reconcile_grace_seconds: float = Field(default=120.0, ge=0, alias="SIGNALBOX_RECONCILE_GRACE_SECONDS")
     # One Databricks API call; the SDK retries 429/503 within its own budget on top of this.
     databricks_http_timeout_seconds: float = Field(
         default=60.0, gt=0, alias="SIGNALBOX_DATABRICKS_HTTP_TIMEOUT_SECONDS"

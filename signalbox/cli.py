@@ -106,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     dlq.add_parser(commands)
 
+    reconcile = commands.add_parser(
+        "reconcile", help="sweep the registry, launched runs and landing zone for what lost events left undone"
+    )
+    reconcile.add_argument("--model", action="append", help="this catalogue model only (repeatable; default: all)")
+    reconcile.add_argument(
+        "--sweep", action="append", choices=("registry", "runs", "landing"), help="this sweep only (repeatable)"
+    )
+    reconcile.add_argument("--dry-run", action="store_true", help="report what would be sent; send and move nothing")
+    reconcile.add_argument("--json", action="store_true")
+    _add_state(reconcile)
+
     for name in ("approve", "reject"):
         decide = commands.add_parser(name, help=f"{name} a version waiting for approval")
         decide.add_argument("model")
@@ -139,11 +150,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reconcile(args: argparse.Namespace) -> int:
+    """``signalbox reconcile``: the sweeps, run here over the state dir's registry, queues and landing zone.
+
+    The commands it sends go to the local queues, where a running host (or the next one) takes them;
+    ``local.settings.json`` in this folder supplies settings not in the environment, as for the host.
+    """
+    from shared.bootstrap import bootstrap
+    from shared.errors import SignalboxError
+    from shared.handlers.reconcile import SWEEPS, reconcile
+    from signalbox.localhost.config import load_local_settings
+
+    for name, value in load_local_settings(Path("local.settings.json")).items():
+        os.environ.setdefault(name, value)
+    os.environ["SIGNALBOX_STATE_DIR"] = str(args.state_dir.resolve())
+    try:
+        svc = bootstrap()
+        models = args.model or list(svc.catalogue.models)
+        reports = [reconcile(m, svc, sweeps=args.sweep or SWEEPS, dry_run=args.dry_run) for m in models]
+    except SignalboxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([r.to_dict() for r in reports], indent=2))
+        return 0
+    verb = "would send" if args.dry_run else "sent"
+    for report in reports:
+        detail = "; ".join(
+            f"{sweep}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) for sweep, counts in report.counts.items()
+        )
+        print(f"{report.model}: {verb} {report.sent} ({detail})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``signalbox`` console script."""
     args = build_parser().parse_args(argv)
     if args.command == "dlq":
         return dlq.run(args)
+    if args.command == "reconcile":
+        return _reconcile(args)
     if args.command == "host":
         from signalbox.localhost.server import HostSettings, run_host
 

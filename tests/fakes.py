@@ -62,10 +62,15 @@ class FakeRegistry:
     runs: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     entries: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     files_gone: set[tuple[str, str]] = field(default_factory=set)
+    numbers: dict[str, int] = field(default_factory=dict)
 
-    def register(self, model: str, run_id: str | None = None, **tags: str) -> str:
-        number = str(1 + sum(1 for (m, _) in self.versions if m == model))
-        self.versions[(model, number)] = ModelVersion(model, number, run_id, None, "READY", dict(tags), ())
+    def register(
+        self, model: str, run_id: str | None = None, *, registered_at: datetime | None = None, **tags: str
+    ) -> str:
+        number = str(self.numbers.get(model, 0) + 1)
+        self.numbers[model] = int(number)
+        version = ModelVersion(model, number, run_id, None, "READY", dict(tags), (), created_at=registered_at)
+        self.versions[(model, number)] = version
         if run_id:
             self.runs.setdefault(run_id, []).append((model, number))
         return number
@@ -87,6 +92,16 @@ class FakeRegistry:
 
     def versions_with_tag(self, model_name: str, key: str, value: str) -> list[ModelVersion]:
         return [v for v in self.list_versions(model_name) if v.tags.get(key) == value]
+
+    def versions_after(self, model_name: str, version: str, limit: int) -> list[ModelVersion]:
+        # Looked up by number, as a registry's ordered search would: O(versions returned).
+        found, number = [], int(version) + 1
+        while len(found) < limit and number <= self.numbers.get(model_name, 0):
+            v = self.versions.get((model_name, str(number)))
+            if v is not None:
+                found.append(replace(v, tags=dict(v.tags)))
+            number += 1
+        return found
 
     def set_version_tags(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
         v = self.versions[(model_name, version)]
@@ -110,6 +125,9 @@ class FakeRegistry:
 
     def set_model_tag(self, model_name: str, key: str, value: str) -> None:
         self.model_tag_values.setdefault(model_name, {})[key] = value
+
+    def delete_model_tag(self, model_name: str, key: str) -> None:
+        self.model_tag_values.get(model_name, {}).pop(key, None)
 
     def has_model_files(self, model_name: str, version: str) -> bool:
         self.get_version(model_name, version)

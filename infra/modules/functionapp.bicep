@@ -140,6 +140,12 @@ param pollMaxSeconds string
 @description('SIGNALBOX_POLL_MAX_ATTEMPTS.')
 param pollMaxAttempts int
 
+@description('SIGNALBOX_RECONCILE_SCHEDULE: NCRONTAB (6 fields) of the reconciliation sweep timer.')
+param reconcileSchedule string = '0 */5 * * * *'
+
+@description('SIGNALBOX_RECONCILE_GRACE_SECONDS: how old an unannounced version must be before the sweep evaluates it.')
+param reconcileGraceSeconds string = '120'
+
 @description('SIGNALBOX_DATABRICKS_HTTP_TIMEOUT_SECONDS: how long one Databricks API call may take.')
 param databricksHttpTimeoutSeconds int = 60
 
@@ -300,6 +306,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     SIGNALBOX_POLL_INITIAL_SECONDS: pollInitialSeconds
     SIGNALBOX_POLL_MAX_SECONDS: pollMaxSeconds
     SIGNALBOX_POLL_MAX_ATTEMPTS: string(pollMaxAttempts)
+    SIGNALBOX_RECONCILE_SCHEDULE: reconcileSchedule
+    SIGNALBOX_RECONCILE_GRACE_SECONDS: reconcileGraceSeconds
     SIGNALBOX_DATABRICKS_HTTP_TIMEOUT_SECONDS: string(databricksHttpTimeoutSeconds)
     SIGNALBOX_CODE_COMMIT: codeCommit
     SIGNALBOX_CODE_REPOSITORY: codeRepository

@@ -27,6 +27,7 @@ from shared.handlers.ingress import (
     run_finished,
     workspace_event,
 )
+from shared.handlers.reconcile import reconcile, reconcile_command
 from shared.handlers.training import poll_run, train
 
 if TYPE_CHECKING:
@@ -35,11 +36,19 @@ if TYPE_CHECKING:
 
 PipelineHandler = Callable[["Envelope", "Services"], object]
 
+
+def promote_queue(envelope: Envelope, svc: Services) -> object:
+    """The promote queue carries promotions and, in the same model session, reconciliation sweeps."""
+    if envelope.command.kind == "reconcile":
+        return reconcile_command(envelope, svc)
+    return promote(envelope, svc)
+
+
 PIPELINE: Mapping[str, PipelineHandler] = {
     queues.TRAIN: train,
     queues.POLL_RUN: poll_run,
     queues.EVALUATE: evaluate,
-    queues.PROMOTE: promote,
+    queues.PROMOTE: promote_queue,
     queues.DEPLOY: deploy,
 }
 
@@ -56,6 +65,9 @@ __all__ = [
     "new_version",
     "poll_run",
     "promote",
+    "promote_queue",
+    "reconcile",
+    "reconcile_command",
     "refuse_event",
     "request_approval_decision",
     "run_finished",

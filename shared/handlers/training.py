@@ -10,6 +10,7 @@ from shared.contracts import Envelope, EvaluateVersion, PollRun, TrainModel
 from shared.domain import LifecycleEvent, Outcome
 from shared.errors import PermanentError
 from shared.handlers.common import log
+from shared.handlers.reconcile import forget_run, note_run
 from shared.ports import JobRequest
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ def train(envelope: Envelope, svc: Services) -> str:
     )
     delay = domain.backoff(0, svc.settings.poll_initial_seconds, svc.settings.poll_max_seconds)
     svc.bus.send(envelope.follow(poll, cause=f"poll:{run_id}:0", now=svc.clock()), scheduled_at=svc.clock() + delay)
+    note_run(svc, envelope, poll, svc.clock() + delay)
     return run_id
 
 
@@ -76,10 +78,13 @@ def poll_run(envelope: Envelope, svc: Services) -> Outcome:
     model = svc.catalogue.get(command.model_name)
     compute = svc.compute[command.backend] if command.backend in svc.compute else svc.compute_for(model)
     status = compute.status(command.run_id)
+    if status.finished:
+        forget_run(svc, model.name, command.run_id)
     if not status.finished:
         attempt = command.attempt + 1
         if attempt >= svc.settings.poll_max_attempts:
             compute.cancel(command.run_id)
+            forget_run(svc, model.name, command.run_id)
             _record_failure(svc, model.name, command.run_id, f"gave up after {attempt} polls; job cancelled")
             return Outcome.GAVE_UP
         delay = domain.backoff(attempt, svc.settings.poll_initial_seconds, svc.settings.poll_max_seconds)
@@ -88,6 +93,7 @@ def poll_run(envelope: Envelope, svc: Services) -> Outcome:
             envelope.follow(follow, cause=f"poll:{command.run_id}:{attempt}", now=svc.clock()),
             scheduled_at=svc.clock() + delay,
         )
+        note_run(svc, envelope, follow, svc.clock() + delay)
         return Outcome(status.state)
     if status.state != "succeeded":
         _record_failure(svc, model.name, command.run_id, f"job {status.state}: {status.message or 'no message'}")

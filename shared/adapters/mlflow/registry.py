@@ -21,6 +21,7 @@ and timeouts as ``TransientError``, a missing version as ``UnknownVersion``, 401
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -291,6 +292,56 @@ class MlflowRegistry:
         return sorted(ported, key=lambda v: int(v.version) if v.version.isdigit() else 0)
 
     @_translated
+    def versions_after(self, model_name: str, version: str, limit: int) -> list[ModelVersion]:
+        """The oldest ``limit`` versions numbered above ``version``, oldest first, with their tags (no aliases).
+
+        MLflow's own stores (SQL, an MLflow server): one search, ``version_number > N`` ordered
+        ascending. Databricks registries take one ``name=`` condition and no ``order_by`` (Unity
+        Catalog refuses it): the versions are searched a page at a time and the search stops at the
+        first page that reaches ``version`` while it answers newest first (Databricks' order); a
+        registry answering in another order is read to the end. Unity Catalog then reads each new
+        version for its tags (its search answers none).
+        """
+        after = int(version) if str(version).isdigit() else 0
+        if limit < 1:
+            return []
+        name = _quoted(model_name)
+        if self.capabilities.tag_search and name is not None:
+            try:
+                page = self._client.search_model_versions(
+                    filter_string=f"name={name} AND version_number > {after}",
+                    max_results=limit,
+                    order_by=["version_number ASC"],
+                )
+            except Exception as error:
+                if not self._is(error, "INVALID_PARAMETER_VALUE"):
+                    raise
+            else:
+                return [self._to_port(v, ()) for v in page if v.name == model_name]
+        newer = sorted(self._newer_than(model_name, after), key=lambda v: int(v.version))[:limit]
+        if not self.capabilities.search_tags or any(callable(v.tags) for v in newer):
+            return sorted(self._read_each(newer), key=lambda v: int(v.version))
+        return [self._to_port(v, ()) for v in newer]
+
+    def _newer_than(self, model_name: str, after: int) -> Iterator[MlflowModelVersion]:
+        """The versions of a model numbered above ``after``, from a ``name=`` search, stopping early where it can."""
+        name = _quoted(model_name)
+        page_token: str | None = None
+        while True:
+            page = self._client.search_model_versions(
+                filter_string=f"name={name}" if name is not None else "",
+                max_results=_PAGE_SIZE,
+                page_token=page_token,
+            )
+            mine = [v for v in page if v.name == model_name and str(v.version).isdigit()]
+            numbers = [int(v.version) for v in mine]
+            yield from (v for v, number in zip(mine, numbers, strict=True) if number > after)
+            newest_first = all(a > b for a, b in itertools.pairwise(numbers))
+            page_token = page.token
+            if not page_token or (newest_first and numbers and numbers[-1] <= after):
+                return
+
+    @_translated
     def set_version_tags(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
         """Set (overwrite) tags on a version; ``UnknownVersion`` when it does not exist."""
         with self._version_must_exist(model_name, version):
@@ -404,6 +455,15 @@ class MlflowRegistry:
                 raise
         self.ensure_model(model_name)
         self._writer.set_registered_model_tag(model_name, key, value)
+
+    @_translated
+    def delete_model_tag(self, model_name: str, key: str) -> None:
+        """Remove a tag from the registered model; no error when it (or the model) is absent."""
+        try:
+            self._writer.delete_registered_model_tag(model_name, key)
+        except Exception as error:
+            if not self._is(error, "RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                raise
 
     @_translated
     def has_model_files(self, model_name: str, version: str) -> bool:
