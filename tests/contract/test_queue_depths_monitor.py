@@ -335,10 +335,17 @@ AUTHORIZATION_FAILED = (
             PermanentError,
             "BadRequest",
         ),
+        (
+            401,
+            arm_error("InvalidAuthenticationToken", "The access token is invalid."),
+            {},
+            PermanentError,
+            "managed identity",
+        ),
         (429, arm_error("TooManyRequests", "Rate limit exceeded."), {"Retry-After": "17"}, TransientError, "429"),
         (503, "upstream request timeout", {}, TransientError, "retry later"),
     ],
-    ids=["403", "404", "400", "429", "503-plain-text"],
+    ids=["403", "404", "400", "401", "429", "503-plain-text"],
 )
 def test_errors_say_what_to_fix_or_to_retry(monitor, certificate, status, body, headers, becomes, says):
     monitor.answer(status, body, **headers)
