@@ -87,7 +87,12 @@ def deliver_cloud_event(host_url: str, state_dir: Path, function: str, event: di
 
 
 def blob_created_event(path: Path, container: str, blob_path: str) -> dict[str, Any]:
-    """A BlobCreated event for a landed file; its id is fixed by the file's path, size and time."""
+    """A BlobCreated event for a landed file; its id is fixed by the file's path, size and time.
+
+    Its ``eTag`` is the local landing zone's (``file_etag``), so the event and a landing sweep name one write alike.
+    """
+    from shared.adapters.local.landing import file_etag
+
     stat = path.stat()
     event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"))
     return {
@@ -102,6 +107,7 @@ def blob_created_event(path: Path, container: str, blob_path: str) -> dict[str, 
             "api": "PutBlob",
             "contentType": "text/csv",
             "contentLength": stat.st_size,
+            "eTag": f'"{file_etag(stat)}"',
             "blobType": "BlockBlob",
             "url": path.resolve().as_uri(),
             "sequencer": f"{stat.st_mtime_ns:032x}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,61 +39,116 @@ def webhook_secrets(state_dir: Path) -> dict[str, str]:
 
 @dataclass
 class LandingWatcher:
-    """Watches the local landing folder and delivers BlobCreated, as a Storage system topic would."""
+    """Watches the local landing folder and delivers BlobCreated, as a Storage system topic would.
+
+    What it announced is kept in ``announced`` (``landing-announced.jsonl`` beside the folder: one
+    line per delivery, path and ETag), so a file dropped while the host was down, or dropped and
+    not yet announced when the host was killed, is announced after the restart. A repeat is
+    harmless: the event's cause is the file's name and ETag (``land_blob``), so duplicate detection
+    keeps one training. The first start of a state dir with no record takes every file already
+    there as announced (data from before Signalbox watched is not trained by surprise).
+    """
 
     root: Path
     host: LocalHost
     interval: float = 0.5
-    _seen: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    announced: Path | None = None  # default: ``landing-announced.jsonl`` next to ``root``
+    _seen: dict[str, str] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
-        """Watch in a background thread; files already there count as delivered."""
+        """Read what was announced before (or take what is there as announced) and watch in a background thread."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self._seen = {p: self._signature(p) for p in self.root.rglob("*") if p.is_file()}
+        record = self.record
+        if record.exists():
+            self._seen = self._read(record)
+            log.info("landing watcher: %d files announced before; announcing what changed since", len(self._seen))
+        else:
+            self._seen = {}
+            for path in self.root.rglob("*"):
+                with contextlib.suppress(OSError):
+                    if path.is_file():
+                        self._seen[self._name(path)] = self._signature(path)
+        self._compact(record)
         threading.Thread(target=self._run, name="landing-watcher", daemon=True).start()
 
     def stop(self) -> None:
         """Stop watching."""
         self._stop.set()
 
+    @property
+    def record(self) -> Path:
+        """Where the announcements are kept."""
+        return self.announced or self.root.parent / "landing-announced.jsonl"
+
+    def _name(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
     @staticmethod
-    def _signature(path: Path) -> tuple[int, int]:
-        stat = path.stat()
-        return stat.st_size, stat.st_mtime_ns
+    def _signature(path: Path) -> str:
+        from shared.adapters.local.landing import file_etag
+
+        return file_etag(path.stat())
+
+    @staticmethod
+    def _read(record: Path) -> dict[str, str]:
+        seen: dict[str, str] = {}
+        with record.open(encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    entry = json.loads(line)
+                    seen[str(entry["path"])] = str(entry["etag"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a kill: that file is announced again
+        return seen
+
+    def _compact(self, record: Path) -> None:
+        """Rewrite the record with the files still there (it only grows while the host runs)."""
+        kept = {name: etag for name, etag in self._seen.items() if (self.root / name).is_file()}
+        temporary = record.with_name(record.name + ".tmp")
+        with temporary.open("w", encoding="utf-8") as handle:
+            for name, etag in kept.items():
+                handle.write(json.dumps({"path": name, "etag": etag}) + "\n")
+        os.replace(temporary, record)
+        self._seen = kept
+
+    def _remember(self, name: str, etag: str) -> None:
+        self._seen[name] = etag
+        # Appended after the delivery: a kill between the two announces the file again (harmless), never not at all.
+        with self.record.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"path": name, "etag": etag}) + "\n")
 
     def _run(self) -> None:
         from signalbox.client import ClientError, blob_created_event, deliver_event_grid
 
-        pending: dict[Path, tuple[int, int]] = {}
+        pending: dict[str, str] = {}
         while not self._stop.wait(self.interval):
             for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
+                name = self._name(path)
                 try:
                     signature = self._signature(path)
                 except OSError:
                     continue
-                if self._seen.get(path) == signature:
+                if self._seen.get(name) == signature:
                     continue
                 # Deliver once the file stopped changing between two looks (a copy in progress).
-                if pending.get(path) != signature:
-                    pending[path] = signature
+                if pending.get(name) != signature:
+                    pending[name] = signature
                     continue
-                relative = path.relative_to(self.root)
-                container, blob_path = relative.parts[0], "/".join(relative.parts[1:])
+                container, _, blob_path = name.partition("/")
                 if not blob_path:
                     continue
                 try:
-                    deliver_event_grid(
-                        self.host.base_url,
-                        self.host.settings.state_dir,
-                        "landing_events",
-                        [blob_created_event(path, container, blob_path)],
-                    )
-                except ClientError as exc:
-                    log.warning("BlobCreated for %s not accepted (will retry): %s", relative, exc)
+                    event = blob_created_event(path, container, blob_path)
+                    deliver_event_grid(self.host.base_url, self.host.settings.state_dir, "landing_events", [event])
+                except OSError as exc:  # gone or changed since the last look: seen again next time
+                    log.info("BlobCreated for %s not sent: %s", name, exc)
                     continue
-                self._seen[path] = signature
-                pending.pop(path, None)
+                except ClientError as exc:
+                    log.warning("BlobCreated for %s not accepted (will retry): %s", name, exc)
+                    continue
+                self._remember(name, str(event["data"]["eTag"]).strip('"'))
+                pending.pop(name, None)
 
 
 @dataclass

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -362,3 +364,93 @@ def test_a_sweep_costs_the_new_files_not_the_history():
     assert len(zone.calls) == 1 and zone.returned == 10  # one listing, the new files only
     assert registry.searches == 0  # within the duplicate window: no registry read per file
     assert sorted(t.command.data_uri for t in trains(svc)) == sorted(f.uri for f in new)
+
+
+# -- the local landing watcher: what it announced survives the host --------------------------------
+
+
+@dataclass
+class _Host:
+    """What the watcher reads of the host: where to deliver."""
+
+    base_url: str
+    settings: object
+
+
+def watcher(root: Path):
+    """A landing watcher over ``root``, as the embedded default starts it, looking every 20 ms."""
+    from signalbox.embedded import LandingWatcher
+
+    host = _Host("http://127.0.0.1:1", SimpleNamespace(state_dir=root.parent))
+    return LandingWatcher(root, host, interval=0.02)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def delivered(monkeypatch) -> list[dict]:
+    """The BlobCreated events the watcher delivers, kept instead of posted."""
+    import signalbox.client
+
+    kept: list[dict] = []
+    monkeypatch.setattr(
+        signalbox.client, "deliver_event_grid", lambda url, state, function, events: kept.extend(events)
+    )
+    return kept
+
+
+def drop(root: Path, name: str, text: str = "a,b\n1,2\n") -> Path:
+    target = root / "landing" / "iris" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    return target
+
+
+def run_until(watch, condition, timeout: float = 10.0) -> None:
+    """Run a watcher until ``condition`` holds, a few more looks, then stop it."""
+    watch.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "the watcher did not deliver in time"
+            time.sleep(0.02)
+        time.sleep(0.2)  # a few more looks: nothing else may be delivered
+    finally:
+        watch.stop()
+        time.sleep(0.1)
+
+
+def test_the_watcher_announces_at_start_what_landed_while_it_was_down(tmp_path, delivered):
+    root = tmp_path / "landing"
+    before = drop(root, "before-first-start.csv")
+    run_until(watcher(root), lambda: (root.parent / "landing-announced.jsonl").exists())
+    assert delivered == []  # a state dir's first start takes what is there as announced
+
+    while_down = drop(root, "while-down.csv")
+    run_until(watcher(root), lambda: len(delivered) >= 1)
+    assert [e["subject"].rsplit("/blobs/", 1)[1] for e in delivered] == ["iris/while-down.csv"]
+
+    # Restarted again: nothing new, nothing announced twice.
+    run_until(watcher(root), lambda: True)
+    assert len(delivered) == 1
+    record = [json.loads(line) for line in (root.parent / "landing-announced.jsonl").read_text().splitlines()]
+    assert {r["path"] for r in record} == {"landing/iris/before-first-start.csv", "landing/iris/while-down.csv"}
+    assert before.exists() and while_down.exists()
+
+
+def test_the_watchers_event_and_the_local_listing_name_one_write_alike(tmp_path, delivered):
+    from shared.adapters.local.landing import LocalLandingZone
+
+    root = tmp_path / "landing"
+    run_until(watcher(root), lambda: True)
+    landed = drop(root, "a.csv")
+    run_until(watcher(root), lambda: len(delivered) >= 1)
+    (event,) = delivered
+    (listed,) = LocalLandingZone(root).list_since("landing", "iris/", None, 10)
+    assert listed.uri == event["data"]["url"] == landed.resolve().as_uri()
+    cause = landing_cause("landing", "iris/a.csv", event["data"]["eTag"])
+    assert cause is not None and cause == landing_cause(listed.container, listed.path, listed.etag)
+
+    # A new write of the same file is a new ETag, so a new training.
+    time.sleep(0.01)
+    landed.write_text("a,b\n3,4\n5,6\n")
+    (again,) = LocalLandingZone(root).list_since("landing", "iris/", None, 10)
+    assert landing_cause(again.container, again.path, again.etag) != cause

@@ -1,0 +1,93 @@
+"""A file dropped while the host was down trains once, as a new user would try it.
+
+``signalbox host --with-mlflow`` (the whole embedded default) is started, killed with ``kill -9``,
+a CSV is dropped in its landing folder while nothing runs, and the host is started again on the
+same state dir: the landing watcher announces the file (it keeps what it announced in
+``landing-announced.jsonl``), it trains exactly once, and announcing it again (another restart,
+an explicit BlobCreated with the same ETag) trains nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from signalbox.client import blob_created_event
+from signalbox.examples.iris.data import write_batch
+from signalbox.localhost.process import HostProcess
+from tests.hosting import wait_for
+from tests.integration.test_crash_recovery import _launch
+from tests.integration.test_lifecycle import CATALOGUE, Stack, _clean_env, _ours, _stop
+
+pytestmark = pytest.mark.integration
+
+MODEL = "lc-main"
+
+
+def _trainings(stack: Stack) -> list[dict]:
+    return stack.events(MODEL, "TrainingStarted")
+
+
+def _versions_trained_on(stack: Stack, uri: str) -> list[str]:
+    return [v for v in stack.versions(MODEL) if stack.tags(MODEL, v).get("signalbox.data_uri") == uri]
+
+
+def test_a_file_dropped_while_the_host_was_killed_trains_exactly_once_after_the_restart(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    host = HostProcess(
+        state,
+        args=("--with-mlflow",),
+        env={**_clean_env(), "SIGNALBOX_CATALOGUE": CATALOGUE},
+        log_dir=tmp_path,
+        new_session=True,
+    )
+    mlflow_url = _launch(host)
+    stack = Stack(process=host.process, url=host.url, state=state, log_path=host.log_path, mlflow_url=mlflow_url)
+    record = state / "landing-announced.jsonl"
+    try:
+        wait_for(record.exists, timeout=30, what="the landing watcher to start")
+        host.kill()
+
+        # Dropped whole (written aside, renamed in) while no host runs: no watcher, no event.
+        aside = write_batch(tmp_path / "incoming" / "batch-001.csv", "small", seed=3)
+        target = state / "landing" / "landing" / MODEL / "batch-001.csv"
+        target.parent.mkdir(parents=True)
+        os.replace(aside, target)
+        uri = target.resolve().as_uri()
+
+        stack.mlflow_url = _launch(host)
+        stack.process, stack.log_path = host.process, host.log_path
+        stack.__dict__.pop("mlflow", None)  # the cached client
+        stack.wait("the dropped file's version", lambda: _versions_trained_on(stack, uri))
+        stack.settle()
+        assert len(_trainings(stack)) == 1, _trainings(stack)
+        assert _versions_trained_on(stack, uri) == ["1"]
+        announced = [json.loads(line) for line in record.read_text().splitlines()]
+        assert [a["path"] for a in announced] == [f"landing/{MODEL}/batch-001.csv"]
+
+        # Announced again: by Event Grid's own retry (same write, same ETag) and by a restart that
+        # lost its record. Neither trains it twice.
+        event = blob_created_event(target, "landing", f"{MODEL}/batch-001.csv")
+        event["id"] = "another-delivery-of-the-same-write"
+        assert stack.event_grid("landing_events", [event]).status_code in (200, 202)
+        host.stop()
+        record.write_text("")  # as if the record were lost: the file is announced at the next start
+        stack.mlflow_url = _launch(host)
+        stack.process, stack.log_path = host.process, host.log_path
+        stack.__dict__.pop("mlflow", None)
+        wait_for(lambda: record.read_text().strip(), timeout=30, what="the watcher to announce the file again")
+        time.sleep(1)
+        stack.settle()
+        assert len(_trainings(stack)) == 1, _trainings(stack)
+        assert _versions_trained_on(stack, uri) == ["1"]
+        assert stack.versions(MODEL) == ["1"]
+    finally:
+        not_stopped, _ended = _stop(stack)
+        left = _ours(state)
+    assert not left, f"processes still running after the teardown: {left}"
+    assert not not_stopped, f"the host did not stop these on SIGTERM: {not_stopped}"
