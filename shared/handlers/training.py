@@ -64,6 +64,7 @@ def train(envelope: Envelope, svc: Services) -> str:
         attempt=0,
         commit_sha=commit,
         repository=repository,
+        launch=command,
     )
     delay = domain.backoff(0, svc.settings.poll_initial_seconds, svc.settings.poll_max_seconds)
     svc.bus.send(envelope.follow(poll, cause=f"poll:{run_id}:0", now=svc.clock()), scheduled_at=svc.clock() + delay)
@@ -95,6 +96,10 @@ def poll_run(envelope: Envelope, svc: Services) -> Outcome:
         )
         note_run(svc, envelope, follow, svc.clock() + delay)
         return Outcome(status.state)
+    launch = command.launch
+    relaunchable = launch is not None and launch.relaunch < svc.settings.retry_max_attempts
+    if status.state != "succeeded" and status.retryable and launch is not None and relaunchable:
+        return _relaunch(envelope, command, launch, status.message, svc)
     if status.state != "succeeded":
         _record_failure(svc, model.name, command.run_id, f"job {status.state}: {status.message or 'no message'}")
         return Outcome(status.state)
@@ -110,6 +115,32 @@ def poll_run(envelope: Envelope, svc: Services) -> Outcome:
         evaluate = EvaluateVersion(model_name=model.name, version=version, source=f"job:{command.run_id}")
         svc.bus.send(envelope.follow(evaluate, cause=f"version:{model.name}:{version}", now=svc.clock()))
     return Outcome.EVALUATE
+
+
+def _relaunch(envelope: Envelope, poll: PollRun, launch: TrainModel, why: str | None, svc: Services) -> Outcome:
+    """A run the platform could not place (capacity, a cloud failure): launch it again, later.
+
+    The relaunch is a new message caused by the failed run, so its idempotency key (its message id)
+    starts a new run where the failed run's key would return the failed run.
+    """
+    relaunch = launch.relaunch + 1
+    again = launch.model_copy(update={"relaunch": relaunch})
+    delay = domain.retry_delay(relaunch, svc.settings.retry_initial_seconds, svc.settings.retry_max_seconds, spread=0.5)
+    svc.bus.send(
+        envelope.follow(again, cause=f"relaunch:{poll.backend}:{poll.run_id}", now=svc.clock()),
+        scheduled_at=svc.clock() + delay,
+    )
+    log.warning(
+        "%s run %s of %s ended without running (%s); relaunch %d of %d in %.0f s",
+        poll.backend,
+        poll.run_id,
+        poll.model_name,
+        why or "no message",
+        relaunch,
+        svc.settings.retry_max_attempts,
+        delay.total_seconds(),
+    )
+    return Outcome.RETRYING
 
 
 def _registered_versions(svc: Services, model_name: str, outputs: Mapping[str, str]) -> list[str]:

@@ -17,13 +17,6 @@ from tests.fakes import FakeBus, FakeCompute, FakeEvaluator, FakeRegistry, FakeS
 
 MODEL = "iris-classifier"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DISPATCH = {
-    "train": handlers.train,
-    "poll-run": handlers.poll_run,
-    "evaluate": handlers.evaluate,
-    "promote": handlers.promote,
-    "deploy": handlers.deploy,
-}
 
 
 def drain(svc) -> list[str]:
@@ -32,7 +25,7 @@ def drain(svc) -> list[str]:
     bus: FakeBus = svc.bus  # type: ignore[assignment]
     while bus.sent:
         envelope, _ = bus.sent.pop(0)
-        outcomes.append(f"{envelope.command.kind}:{DISPATCH[envelope.command.kind](envelope, svc)}")
+        outcomes.append(f"{envelope.command.kind}:{handlers.PIPELINE[envelope.queue](envelope, svc)}")
     return outcomes
 
 
@@ -184,7 +177,7 @@ def test_a_deploy_overtaken_by_a_newer_winner_does_not_take_traffic():
         v3 = train_to_version(svc, accuracy=0.9, event_id="c")
         for kind in ("evaluate", "promote"):
             for envelope in svc.bus.take(kind):
-                DISPATCH[kind](envelope, svc)
+                handlers.PIPELINE[kind](envelope, svc)
         assert svc.registry.stage(MODEL, v3) == "staged"
         return deployment
 
@@ -448,7 +441,7 @@ def test_a_slow_endpoint_is_awaited_by_scheduled_checks_then_deployed():
         envelope, when = svc.bus.sent.pop(0)
         if envelope.command.kind == "deploy" and envelope.command.attempt:
             assert when is not None and when > svc.clock()  # a scheduled check, not a sleep
-        outcomes.append(DISPATCH[envelope.command.kind](envelope, svc))
+        outcomes.append(handlers.PIPELINE[envelope.queue](envelope, svc))
     assert outcomes == ["won", "deploy", "starting", "starting", "deployed"]
     assert svc.registry.stage(MODEL, v1) == "production"
     assert len(svc.serving.running) == 1  # the same candidate throughout: started once
@@ -488,7 +481,7 @@ def test_a_redelivered_deploy_after_traffic_moved_only_records_it():
     v2 = train_to_version(svc, accuracy=0.9, event_id="b")
     for kind in ("evaluate", "promote"):
         for envelope in svc.bus.take(kind):
-            DISPATCH[kind](envelope, svc)
+            handlers.PIPELINE[kind](envelope, svc)
     (deploy,) = svc.bus.take("deploy")
     serving: FakeServing = svc.serving
     serving.route("iris", serving.start("iris", MODEL, v2))  # as if the first delivery died right after routing
@@ -515,7 +508,7 @@ def test_a_deploy_redelivered_after_the_stage_tag_restores_the_champion_alias():
     v1 = train_to_version(svc, accuracy=0.7, event_id="a")
     for kind in ("evaluate", "promote"):
         for envelope in svc.bus.take(kind):
-            DISPATCH[kind](envelope, svc)
+            handlers.PIPELINE[kind](envelope, svc)
     (deploy,) = svc.bus.take("deploy")
     assert handlers.deploy(deploy, svc) == "deployed"
     registry: FakeRegistry = svc.registry
