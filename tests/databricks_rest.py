@@ -474,6 +474,7 @@ def databricks_env(monkeypatch: Any, server: DatabricksRest) -> None:
         "ARM_CLIENT_SECRET",
         "ARM_TENANT_ID",
         "ARM_USE_MSI",
+        "MLFLOW_ENABLE_DB_SDK",  # MLflow's default (the SDK client) unless a test picks the requests path
     ):
         monkeypatch.delenv(name, raising=False)
     isolate_mlflow_http_env(monkeypatch)

@@ -24,11 +24,17 @@ TOKEN = "dapi-local-workspace-token"
 SEARCH, GET, ALIAS = f"{WS}/model-versions/search", f"{WS}/model-versions/get", f"{WS}/registered-models/alias"
 
 
-@pytest.fixture
-def workspace(monkeypatch: pytest.MonkeyPatch) -> Iterator[DatabricksRest]:
+@pytest.fixture(params=["databricks-sdk", "requests"])
+def workspace(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[DatabricksRest]:
+    """The server, reached through MLflow's Databricks SDK client (a token) or its requests path.
+
+    The requests path is what the app's managed identity uses (``MLFLOW_ENABLE_DB_SDK=false``, see
+    shared/adapters/databricks/mlflow_auth.py).
+    """
     server = DatabricksRest(TOKEN, unity_catalog=False)
     with server.running():
         databricks_env(monkeypatch, server)
+        monkeypatch.setenv("MLFLOW_ENABLE_DB_SDK", "true" if request.param == "databricks-sdk" else "false")
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         monkeypatch.setenv("MLFLOW_DATABRICKS_ENDPOINT_HTTP_RETRY_TIMEOUT", "1")
         yield server

@@ -32,11 +32,17 @@ TOKEN = "dapi-local-test-token"
 SEARCH, GET = f"{UC}/model-versions/search", f"{UC}/model-versions/get"
 
 
-@pytest.fixture
-def uc(monkeypatch: pytest.MonkeyPatch) -> Iterator[DatabricksRest]:
+@pytest.fixture(params=["databricks-sdk", "requests"])
+def uc(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[DatabricksRest]:
+    """The server, reached through MLflow's Databricks SDK client (a token) or its requests path.
+
+    The requests path is what the app's managed identity uses (``MLFLOW_ENABLE_DB_SDK=false``, see
+    shared/adapters/databricks/mlflow_auth.py).
+    """
     server = DatabricksRest(TOKEN, unity_catalog=True)
     with server.running():
         databricks_env(monkeypatch, server)
+        monkeypatch.setenv("MLFLOW_ENABLE_DB_SDK", "true" if request.param == "databricks-sdk" else "false")
         # Failure tests must not wait out the adapter's retry budget; the defaults have their own test.
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         monkeypatch.setenv("MLFLOW_DATABRICKS_ENDPOINT_HTTP_RETRY_TIMEOUT", "1")
