@@ -25,8 +25,11 @@ from azure.storage.blob import BlobServiceClient
 from shared import handlers
 from shared.adapters.azure.landing import BlobLandingZone
 from shared.adapters.local.landing import LocalLandingZone, oldest
+from shared.catalogue import Data
 from shared.errors import TransientError
 from shared.events import BlobCreated
+from shared.handlers.ingress import landing_cause
+from shared.handlers.landing_sweep import WATERMARK, sweep_landing
 from shared.ports import LandedFile
 from tests.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, FaultProxy, free_port
 from tests.fakes import services
@@ -291,6 +294,63 @@ def test_list_since_wants_an_account_and_an_aware_watermark():
         BlobLandingZone(KEY).list_since("landing", "iris/", None, 10)
     with pytest.raises(ValueError, match="timezone-aware"):
         BlobLandingZone(KEY, account_url="http://127.0.0.1:1/x").list_since("landing", "", datetime(2026, 1, 1), 1)
+
+
+# -- ETags: a listing and the BlobCreated event name one write alike ---------------------------------
+
+
+def test_list_since_carries_each_blobs_etag_and_an_overwrite_changes_it(azurite):
+    name = new_container(azurite.url, {})
+    container = BlobServiceClient(azurite.url, credential=KEY).get_container_client(name)
+    uploaded = container.get_blob_client("iris/a.csv").upload_blob(b"1")["etag"]
+    landing = BlobLandingZone(KEY, account_url=azurite.url)
+    (listed,) = landing.list_since(name, "iris/", None, 10)
+    properties = container.get_blob_client("iris/a.csv").get_blob_properties()
+    assert listed.etag is not None and listed.etag.strip('"') == uploaded.strip('"') == properties.etag.strip('"')
+    # Event Grid's eTag is the same value in quotes (tests/fixtures/events/blob_created.eventgrid.json).
+    cause = landing_cause(name, "iris/a.csv", f'"{uploaded.strip(chr(34))}"')
+    assert cause is not None and cause == landing_cause(listed.container, listed.path, listed.etag)
+    container.upload_blob("iris/a.csv", b"22", overwrite=True)
+    (rewritten,) = landing.list_since(name, "iris/", None, 10)
+    assert rewritten.etag != listed.etag
+    assert landing_cause(name, "iris/a.csv", rewritten.etag) != cause
+
+
+def test_the_landing_sweep_over_blob_storage_reads_only_recent_partitions_and_trains_a_lost_file_once(azurite, proxy):
+    today = datetime.now(UTC).date().isoformat()
+    old = {f"iris/2026-0{month}-01/batch-{i}.csv": b"old" for month in range(1, 4) for i in range(3)}
+    name = new_container(azurite.url, old)
+    client = BlobServiceClient(azurite.url, credential=KEY).get_container_client(name)
+    etag = client.get_blob_client(f"iris/{today}/lost.csv").upload_blob(b"sepal_length,target\n5.1,setosa\n")["etag"]
+    svc = services()
+    entry = svc.catalogue.get("iris-classifier").model_copy(update={"data": Data(container=name, prefix="iris/")})
+    svc.catalogue = svc.catalogue.model_copy(update={"models": {entry.name: entry}})
+    svc.landing = BlobLandingZone(KEY, account_url=via(proxy, azurite.url))
+    svc.clock = lambda: datetime.now(UTC) + timedelta(minutes=1)  # past the sweep's grace
+
+    counts = sweep_landing(entry, svc)
+
+    # The old files were written just now too: their partitions name days long gone, so no listing reads them.
+    assert not any("2026-0" in path for _, path, _ in proxy.seen), proxy.seen
+    assert any(today in path for _, path, _ in proxy.seen), proxy.seen
+    assert counts["files_listed"] == 1 and counts["files_sent"] == 1
+    (train,) = [e for e, _ in svc.bus.sent]
+    assert train.command.data_uri.endswith(f"/{name}/iris/{today}/lost.csv")
+    assert svc.registry.model_tags(entry.name)[WATERMARK]
+    # Event Grid's delivery, late: the same write, so the same message id, dropped by duplicate detection.
+    late = BlobCreated(
+        event_id="9aeb0fdf-c01e-0131-0922-9eb54906e209",
+        url=train.command.data_uri,
+        account=ACCOUNT,
+        container=name,
+        blob_path=f"iris/{today}/lost.csv",
+        content_length=None,
+        content_type="text/csv",
+        etag=f'"{etag.strip(chr(34))}"',
+        api="PutBlob",
+    )
+    assert handlers.land_blob(late, svc) == "train"
+    assert [e.message_id for e, _ in svc.bus.sent] == [train.message_id]
 
 
 # -- the same listing on the local landing zone -------------------------------------------------
