@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import cold_start, demo, ingress, promotion
+from bench import cold_start, demo, ingress, promotion, sweep
 from bench.table import Row, render
 
 
@@ -39,6 +39,7 @@ FIGURES: dict[str, tuple[Callable[[bool], list[Row]], tuple[str, ...]]] = {
         ("event accepted", "ingest throughput", "  the same without", "drift storm", "RSS at rest", "RSS under"),
     ),
     "promotion": (promotion.run, ("promotion decision",)),
+    "sweep": (sweep.run, ("registry sweep",)),
     "demo": (demo.run, ("signalbox demo",)),
 }
 

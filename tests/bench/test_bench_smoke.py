@@ -25,6 +25,7 @@ FIGURES = (
     "local host RSS at rest",
     "local host RSS under the ingest load",
     "promotion decision",
+    "registry sweep",
     "`signalbox demo`",
 )
 
