@@ -76,7 +76,7 @@ def services(root: Path) -> tuple[Services, _Counting]:
     )
     svc = bootstrap(settings)
     counting = _Counting(svc.registry)
-    svc.registry = counting  # type: ignore[assignment]
+    svc.registry = counting
     return svc, counting
 
 
