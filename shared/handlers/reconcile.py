@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from shared import domain
 from shared.contracts import Envelope, PollRun, ReconcileModel, Sweep, TrainModel
 from shared.domain import LifecycleEvent, Outcome
-from shared.handlers.common import log, start
+from shared.handlers.common import known_model, log, start
 from shared.handlers.ingress import new_version
 from shared.handlers.landing_sweep import sweep_landing
 
@@ -96,9 +96,11 @@ def reconcile(model: str, svc: Services, *, sweeps: Iterable[Sweep] = SWEEPS, dr
 
 
 def reconcile_command(envelope: Envelope, svc: Services) -> Outcome:
-    """The promote queue's ``ReconcileModel``: sweep the model (in its session)."""
+    """The promote queue's ``ReconcileModel``: sweep the model in its session (a model not catalogued: ignored)."""
     command = envelope.command
     assert isinstance(command, ReconcileModel)
+    if known_model(svc, command.model_name) is None:
+        return Outcome.IGNORED
     reconcile(command.model_name, svc, sweeps=command.sweeps, dry_run=command.dry_run)
     return Outcome.RECONCILED
 

@@ -331,3 +331,38 @@ def test_the_promote_queue_runs_a_sweep_in_the_models_session() -> None:
     assert handlers.PIPELINE[queues.PROMOTE](envelope, svc) == "reconciled"
     assert [e.command.version for e, _ in svc.bus.sent] == [version]
     assert "Reconciled" in svc.events.types()
+
+
+def test_a_sweep_of_a_model_gone_from_the_catalogue_is_ignored() -> None:
+    svc = services()
+    envelope = Envelope.start(ReconcileModel(model_name="retired-model"), cause="reconcile:x", environment="dev")
+    assert handlers.PIPELINE[queues.PROMOTE](envelope, svc) == "ignored"
+    assert not svc.bus.sent and not svc.events.published
+
+
+@pytest.mark.parametrize(
+    ("setting", "schedule"), [(None, "0 */5 * * * *"), ("0 0 * * * *", "%SIGNALBOX_RECONCILE_SCHEDULE%")]
+)
+def test_the_timer_reads_its_schedule_from_the_app_setting_when_there_is_one(
+    setting: str | None, schedule: str
+) -> None:
+    """The host resolves %SIGNALBOX_RECONCILE_SCHEDULE% from app settings; without the setting the default applies."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.hosting import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "SIGNALBOX_RECONCILE_SCHEDULE"}
+    if setting is not None:
+        env["SIGNALBOX_RECONCILE_SCHEDULE"] = setting
+    script = (
+        "import json, function_app\n"
+        "(t,) = [f.get_trigger() for f in function_app.app.get_functions() if f.get_function_name() == 'reconcile']\n"
+        "print(json.dumps(t.get_dict_repr(), default=str))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    trigger = json.loads(done.stdout)
+    assert trigger["type"] == "timerTrigger" and trigger["schedule"] == schedule
