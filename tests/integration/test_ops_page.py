@@ -872,9 +872,16 @@ def test_the_page_works_from_the_keyboard(browser: Any, stub: Stub, tmp_path: Pa
     flash(browser, f"{EVIL_MODEL} held by Keyboard Kay: held from the keyboard")
     assert [p["body"]["by"] for p in stub.posts(f"/api/models/{EVIL_MODEL}/hold")] == ["Keyboard Kay"]
     # After the dialog closes and the card re-renders, the focus is back on the card's hold/release button.
-    release = until(
-        browser, "the focus back on the card", lambda d: (a := active()).get_attribute("data-action") == "release" and a
+    until(browser, "the focus back on the card", lambda d: active().get_attribute("data-action") == "release")
+    # Once the hold is in the history the card stays as it is (until the data changes again).
+    until(
+        browser,
+        "the hold in the history",
+        lambda d: model_card(d, EVIL_MODEL).find_element("css selector", "ol.history li").get_attribute("data-kind")
+        == "hold",
     )
+    release = active()
+    assert release.get_attribute("data-action") == "release"
     # Escape closes a dialog without sending anything; the focus returns to the button that opened it.
     release.send_keys(Keys.ENTER)
     until(browser, "the dialog", dialog_open)
