@@ -306,3 +306,98 @@ def test_the_wheel_ships_the_page_and_it_loads_from_the_wheel(tmp_path: Path) ->
     where, page = out.split("\n", 1)
     assert where.startswith(str(wheel))
     assert page == PAGE.read_text(encoding="utf-8")
+
+
+# -- the page's requests: each one a function of the app answers, with fields it accepts -------------------
+
+
+# (method, route template in function_app, what the page's script says to call it, the body's fields or None)
+PAGE_CALLS = [
+    ("GET", "ops/overview", 'call("GET", "ops/overview")', None),
+    ("GET", "history/{model}", 'call("GET", "history/" + pathOf(name) + "?since=" + HISTORY_SINCE)', None),
+    ("GET", "ops/deadletters", 'call("GET", "ops/deadletters?limit=200")', None),
+    ("GET", "ops/deadletters/{message_id}", 'call("GET", "ops/deadletters/" + pathOf(d.message_id) + "?queue="', None),
+    (
+        "POST",
+        "approvals/{model}/{version:int}/{decision}",
+        'call("POST", "approvals/" + pathOf(model, version, decision), {by: by, reason: reason})',
+        {"by", "reason"},
+    ),
+    (
+        "POST",
+        "models/{model}/rollback",
+        'call("POST", "models/" + pathOf(name) + "/rollback", {to: to, by: by, reason: reason, request_id: rid})',
+        {"to", "by", "reason", "request_id"},
+    ),
+    ("POST", "models/{model}/hold", 'call("POST", "models/" + pathOf(name) + "/" + verb, body)', None),
+    ("POST", "models/{model}/release", 'call("POST", "models/" + pathOf(name) + "/" + verb, body)', None),
+    (
+        "POST",
+        "ops/deadletters/replay",
+        'call("POST", "ops/deadletters/replay", {queue: queue, message_id: id, dry_run: true})',
+        {"queue", "message_id", "dry_run"},
+    ),
+    (
+        "POST",
+        "ops/deadletters/replay",
+        'call("POST", "ops/deadletters/replay", {queue: queue, message_id: id})',
+        {"queue", "message_id"},
+    ),
+    (
+        "POST",
+        "ops/deadletters/purge",
+        'call("POST", "ops/deadletters/purge", {queue: queue, message_id: id, dry_run: true})',
+        {"queue", "message_id", "dry_run"},
+    ),
+    (
+        "POST",
+        "ops/deadletters/purge",
+        'call("POST", "ops/deadletters/purge", {queue: queue, message_id: id, confirm: input.value.trim()})',
+        {"queue", "message_id", "confirm"},
+    ),
+]
+
+
+def test_every_request_the_page_sends_is_a_route_of_the_function_app_with_fields_it_accepts() -> None:
+    import function_app
+    from functions import operator
+    from shared.deadletters import FILTER_FIELDS
+
+    routes = {
+        (method, f.route.template)
+        for f in index_functions(function_app.app, default_auth_level="function")
+        if f.route
+        for method in f.methods
+    }
+    page = ops_page.page_template()
+    accepted = {
+        "models/{model}/rollback": operator._FIELDS["rollback"],
+        "ops/deadletters/replay": set(FILTER_FIELDS) | {"dry_run", "max_replays"},
+        "ops/deadletters/purge": set(FILTER_FIELDS) | {"dry_run", "confirm"},
+        "approvals/{model}/{version:int}/{decision}": {"by", "reason"},  # the function reads by (reason: kept aside)
+    }
+    for method, template, snippet, fields in PAGE_CALLS:
+        assert snippet in page, f"the page no longer sends {snippet}"
+        assert (method, template) in routes, f"no {method} {template} in function_app"
+        if fields is not None:
+            assert fields <= accepted[template], (template, fields - accepted[template])
+    # Hold and release share one body, built once.
+    assert "var body = {by: by, reason: reason, request_id: rid};" in page
+    assert {"by", "reason", "request_id"} <= operator._FIELDS["hold"] & operator._FIELDS["release"]
+    # Nothing else is called: every call( in the script is one of the above.
+    assert page.count('call("') == len({snippet for _, _, snippet, _ in PAGE_CALLS})
+
+
+def test_the_overview_says_which_models_are_held(functions: dict[str, HostedFunction], svc: Services) -> None:
+    _lifecycle(svc)
+    registry: FakeRegistry = svc.registry  # type: ignore[assignment]
+    hold = {"by": "Ada", "reason": EVIL, "at": "2026-12-06T05:00:00+00:00", "request_id": "r-1"}
+    registry.set_model_tag("iris-classifier", domain.HOLD, domain.record(**hold))
+    payload = json.loads(_get(functions["ops_overview"], "http://localhost/api/ops/overview").get_body())
+    held = {m["model"]: m["held"] for m in payload["models"]}
+    assert held.pop("iris-classifier") == hold
+    assert held and set(held.values()) == {None}
+    released = domain.record(**hold, released=True, released_by="Ada")
+    registry.set_model_tag("iris-classifier", domain.HOLD, released)
+    payload = json.loads(_get(functions["ops_overview"], "http://localhost/api/ops/overview").get_body())
+    assert next(m for m in payload["models"] if m["model"] == "iris-classifier")["held"] is None
