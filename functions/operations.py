@@ -1,9 +1,15 @@
-"""Operations: the dead-letter queues, over HTTP with the admin (master) key.
+"""Operations: the dead-letter queues and Event Grid's dead letters, over HTTP with the admin (master) key.
 
 ``GET  /api/ops/deadletters[?queue=&reason=&since=&message_id=&correlation_id=&limit=]``
 ``GET  /api/ops/deadletters/{message_id}[?queue=]``
 ``POST /api/ops/deadletters/replay`` ``{filters..., "dry_run": false, "max_replays": 3}``
 ``POST /api/ops/deadletters/purge``  ``{filters..., "dry_run": false, "confirm": "<queue name or all>"}``
+
+With ``source=eventgrid`` (query string or body) the same four work on the events Event Grid
+dead-lettered (``shared/deadletters/eventgrid.py``): filters ``function`` (or subscription),
+``reason``, ``since``, ``event_id``, ``limit``; ``{message_id}`` is the event id; a replay delivers
+each event to its function through this app's Event Grid webhook with the caller's admin key; a
+purge is confirmed with the function name, or ``all``.
 
 Thin: parse the request (``shared/deadletters/requests.py``), run the operation
 (``shared/deadletters``) in a dead-letter session of ``Services.dead_letters``, answer its view
@@ -60,14 +66,107 @@ def _record_replay(dead: Any, message: Any) -> None:
     history.replayed(runtime.services(), dead, message, who="operator (admin key)")
 
 
+def _eventgrid_store() -> Any:
+    store = runtime.services().eventgrid_dead_letters
+    if store is None:
+        raise ValueError("no Event Grid dead-letter store is configured (SIGNALBOX_EVENTGRID_DEADLETTER_CONTAINER_URL)")
+    return store
+
+
+def _caller_key(req: func.HttpRequest) -> str | None:
+    """The admin key this request came with: the replay delivers to the Event Grid webhook with it."""
+    return req.headers.get("x-functions-key") or req.params.get("code") or None
+
+
+def _eventgrid_list(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.deadletters import eventgrid
+
+    try:
+        filters = eventgrid.parse_filters(dict(req.params), now=_now(), extra=("code",))
+        found = eventgrid.select(_eventgrid_store(), filters)
+    except ValueError as exc:
+        return problem(400, str(exc))
+    return json_response(eventgrid.listing(filters, found))
+
+
+def _eventgrid_show(req: func.HttpRequest, event_id: str) -> func.HttpResponse:
+    from shared.deadletters import eventgrid
+
+    unknown = sorted(set(req.params) - {"source", "function", "queue", "code"})
+    if unknown:
+        return problem(400, f"unknown query parameter(s) {', '.join(unknown)}; only source and function are accepted")
+    try:
+        function = req.params.get("function") or req.params.get("queue") or None
+        found = eventgrid.find(_eventgrid_store(), event_id, function=function)
+    except LookupError as exc:
+        return problem(404, str(exc.args[0]))
+    except ValueError as exc:
+        return problem(400, str(exc))
+    return json_response(eventgrid.detail(found))
+
+
+def _eventgrid_replay(req: func.HttpRequest, body: dict[str, Any]) -> func.HttpResponse:
+    from shared.deadletters import eventgrid, requests
+
+    try:
+        filters = eventgrid.parse_filters(body, now=_now(), extra=("dry_run", "max_replays"))
+        dry_run = requests.parse_flag(body, "dry_run")
+        max_replays = requests.parse_max_replays(body)
+        delivery = eventgrid.HttpEventGridDelivery(runtime.services().settings.host_url, _caller_key(req))
+        report = eventgrid.replay(
+            _eventgrid_store(),
+            delivery,
+            filters,
+            dry_run=dry_run,
+            max_replays=max_replays,
+            progress=None if dry_run else _log_progress("Event Grid replay"),
+        )
+    except ValueError as exc:
+        return problem(400, str(exc))
+    log.info("Event Grid dead-letter replay %s: %s", eventgrid.filters_view(filters), report.counts())
+    return json_response(eventgrid.report_view(filters, report))
+
+
+def _eventgrid_purge(body: dict[str, Any]) -> func.HttpResponse:
+    from shared.deadletters import ALL_QUEUES, ConfirmationRequired, eventgrid, requests
+
+    try:
+        filters = eventgrid.parse_filters(body, now=_now(), extra=("dry_run", "confirm"))
+        dry_run = requests.parse_flag(body, "dry_run")
+        confirm = requests.parse_confirm(body)
+        expected = filters.function or ALL_QUEUES
+        if not dry_run and confirm != expected:
+            raise ConfirmationRequired(
+                f"purging Event Grid dead letters deletes them for good: confirm with {expected!r}"
+                + (f" (got {confirm!r})" if confirm else " (none was given)")
+            )
+        report = eventgrid.purge(
+            _eventgrid_store(), filters, dry_run=dry_run, progress=_log_progress("Event Grid purge")
+        )
+    except ValueError as exc:
+        return problem(400, str(exc))
+    log.info("Event Grid dead-letter purge %s: %s", eventgrid.filters_view(filters), report.counts())
+    return json_response(eventgrid.report_view(filters, report))
+
+
+def _source(data: dict[str, Any]) -> str:
+    from shared.deadletters.eventgrid import source_of
+
+    return source_of(data)
+
+
 @bp.route(route="ops/deadletters", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
 def deadletters_list(req: func.HttpRequest) -> func.HttpResponse:
-    """The dead letters of every queue (or of ``?queue=``), filtered by the query string."""
+    """The dead letters of every queue (or of ``?queue=``), filtered by the query string; ``?source=eventgrid``."""
     from shared import deadletters
     from shared.deadletters import requests, views
 
     try:
-        filters = requests.parse_filters(dict(req.params), now=_now())
+        params = dict(req.params)
+        if _source(params) == "eventgrid":
+            return _eventgrid_list(req)
+        params.pop("source", None)
+        filters = requests.parse_filters(params, now=_now())
         with runtime.services().dead_letters() as ports:
             found = deadletters.list_dead_letters(ports.store, filters)
     except ValueError as exc:
@@ -82,7 +181,12 @@ def deadletters_show(req: func.HttpRequest) -> func.HttpResponse:
     from shared.deadletters import views
 
     message_id = req.route_params.get("message_id", "")
-    unknown = sorted(set(req.params) - {"queue"})
+    try:
+        if _source(dict(req.params)) == "eventgrid":
+            return _eventgrid_show(req, message_id)
+    except ValueError as exc:
+        return problem(400, str(exc))
+    unknown = sorted(set(req.params) - {"queue", "source"})
     if unknown:
         return problem(400, f"unknown query parameter(s) {', '.join(unknown)}; only queue is accepted")
     try:
@@ -103,6 +207,9 @@ def deadletters_replay(req: func.HttpRequest) -> func.HttpResponse:
 
     try:
         body = _body(req)
+        if _source(body) == "eventgrid":
+            return _eventgrid_replay(req, body)
+        body.pop("source", None)
         filters = requests.parse_filters(body, now=_now(), extra=("dry_run", "max_replays"))
         dry_run = requests.parse_flag(body, "dry_run")
         max_replays = requests.parse_max_replays(body)
@@ -130,6 +237,9 @@ def deadletters_purge(req: func.HttpRequest) -> func.HttpResponse:
 
     try:
         body = _body(req)
+        if _source(body) == "eventgrid":
+            return _eventgrid_purge(body)
+        body.pop("source", None)
         filters = requests.parse_filters(body, now=_now(), extra=("dry_run", "confirm"))
         dry_run = requests.parse_flag(body, "dry_run")
         confirm = requests.parse_confirm(body)

@@ -67,6 +67,10 @@ def ops_overview(req: func.HttpRequest) -> func.HttpResponse:
         log.warning("ops page: queue depths unavailable: %s: %s", type(exc).__name__, exc)
         payload["queues"] = {}
         payload["queues_error"] = f"queue depths unavailable: {type(exc).__name__}: {exc}"
+    from shared.deadletters.eventgrid import overview_count
+
+    # eventgrid_dead_letters: how many events Event Grid gave up on (None + ..._error when unreadable).
+    payload.update(overview_count(getattr(svc, "eventgrid_dead_letters", None)))
     return func.HttpResponse(
         json.dumps(payload, default=str),
         status_code=200,

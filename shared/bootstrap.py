@@ -20,6 +20,7 @@ from shared.settings import Settings, check_cloud_settings, load_settings
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from shared.deadletters.eventgrid import EventGridDeadLetterStore
     from shared.deadletters.ports import DeadLetterSessions
     from shared.ports import Bus, Compute, Evaluator, LandingZone, LifecycleEvents, Registry, Serving
     from shared.queue_depths import QueueDepths
@@ -53,6 +54,18 @@ SERVING: Mapping[str, Callable[[Wiring], Serving]] = {
 LANDING: Mapping[str, Callable[[Wiring], LandingZone]] = {"local": local.make_landing, "blob": azure.make_landing}
 # SIGNALBOX_EVENTS → lifecycle events out.
 EVENTS: Mapping[str, Callable[[Wiring], LifecycleEvents]] = {"local": local.make_events, "eventgrid": azure.make_events}
+
+
+def eventgrid_dead_letters(wiring: Wiring) -> EventGridDeadLetterStore:
+    """SIGNALBOX_EVENTGRID_DEADLETTER_CONTAINER_URL's container when set, else the state dir's folder."""
+    url = wiring.settings.eventgrid_deadletter_container_url
+    if url:
+        from shared.adapters.azure.eventgrid_deadletters import BlobEventGridDeadLetters
+
+        return BlobEventGridDeadLetters(url)
+    from shared.adapters.local.eventgrid_deadletters import local_eventgrid_dead_letters
+
+    return local_eventgrid_dead_letters(wiring.settings.state_dir)
 
 
 def _utcnow() -> datetime:
@@ -118,4 +131,5 @@ def bootstrap(settings: Settings | None = None) -> Services:
         code_version=code_version(settings.catalogue.parent),
         queue_depths=queue_depths,
         dead_letters=dead_letters,
+        eventgrid_dead_letters=eventgrid_dead_letters(wiring),
     )

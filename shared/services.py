@@ -10,6 +10,7 @@ from shared.errors import PermanentError
 
 if TYPE_CHECKING:
     from shared.catalogue import Catalogue, ModelEntry
+    from shared.deadletters.eventgrid import EventGridDeadLetterStore
     from shared.deadletters.ports import DeadLetterSessions
     from shared.ports import Bus, Clock, Compute, Evaluator, LandingZone, LifecycleEvents, Registry, Serving
     from shared.queue_depths import QueueDepths
@@ -34,6 +35,8 @@ class Services:
     dead_letters: DeadLetterSessions
     code_version: Mapping[str, str] = field(default_factory=dict)
     queue_depths: QueueDepths | None = None
+    # Event Grid's own dead letters (the subscriptions' dead-letter container, or the local folder).
+    eventgrid_dead_letters: EventGridDeadLetterStore | None = None
     # Models this worker has already recorded landed data for (see ``land_blob``).
     landed: set[str] = field(default_factory=set)
 

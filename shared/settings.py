@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     )
     eventgrid_endpoint: str = Field(default="", alias="SIGNALBOX_EVENTGRID_ENDPOINT")
     eventgrid_key: str = Field(default="", alias="SIGNALBOX_EVENTGRID_KEY", repr=False)
+    # Where Event Grid dead-letters what it could not deliver; empty: STATE_DIR/eventgrid-deadletters.
+    eventgrid_deadletter_container_url: str = Field(default="", alias="SIGNALBOX_EVENTGRID_DEADLETTER_CONTAINER_URL")
     databricks_host: str = Field(default="", alias="DATABRICKS_HOST")
     databricks_token: str = Field(default="", alias="DATABRICKS_TOKEN", repr=False)
     azureml_subscription_id: str = Field(default="", alias="AZUREML_SUBSCRIPTION_ID")

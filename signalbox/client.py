@@ -19,6 +19,52 @@ import requests
 class ClientError(RuntimeError):
     """The host could not be reached or refused the request; the message says why."""
 
+    status: int | None = None  # the HTTP status when the host answered
+
+
+def delivery_policy() -> Any:
+    """The local Event Grid retry policy (``RetryPolicy``): Event Grid's 30 attempts / 24 h, a pause between.
+
+    ``SIGNALBOX_LOCAL_EVENTGRID_MAX_ATTEMPTS``, ``..._TTL_SECONDS`` and ``..._RETRY_SECONDS`` change it
+    (tests: a few attempts, a short pause). Local only: in Azure the subscription's retry policy rules.
+    """
+    from shared.adapters.local.eventgrid_deadletters import RetryPolicy
+
+    return RetryPolicy(
+        max_attempts=int(os.environ.get("SIGNALBOX_LOCAL_EVENTGRID_MAX_ATTEMPTS") or 30),
+        time_to_live=float(os.environ.get("SIGNALBOX_LOCAL_EVENTGRID_TTL_SECONDS") or 24 * 3600),
+        pause=float(os.environ.get("SIGNALBOX_LOCAL_EVENTGRID_RETRY_SECONDS") or 1.0),
+    )
+
+
+def deliver_retrying(state_dir: Path, function: str, events: list[dict[str, Any]], deliver: Any) -> None:
+    """``deliver()`` as Event Grid delivers: retried by :func:`delivery_policy`, then dead-lettered.
+
+    A delivery the host keeps refusing (an HTTP error: the function failed) is retried and, once
+    the retries are spent, written to ``STATE_DIR/eventgrid-deadletters/<function>/`` (``signalbox
+    dlq list --source eventgrid``) and raises ``ClientError`` saying so. A host that cannot be
+    reached fails at once: a command line cannot wait out Event Grid's 24 hours for it to come back.
+    """
+    from shared.adapters.local.eventgrid_deadletters import DeliveryFailed, deliver_with_retries
+
+    last: list[ClientError] = []
+
+    def attempt() -> None:
+        try:
+            deliver()
+        except ClientError as exc:
+            if exc.status is None:
+                raise
+            last[:] = [exc]
+            raise DeliveryFailed(str(exc), exc.status) from exc
+
+    dead = deliver_with_retries(attempt, state_dir, function, events, delivery_policy())
+    if dead is not None:
+        raise ClientError(
+            f"{function}: not delivered ({last[0] if last else 'no answer'}); Event Grid would give up here: "
+            f"dead-lettered to {dead} (signalbox dlq list --source eventgrid)"
+        )
+
 
 def host_keys(state_dir: Path) -> dict[str, Any]:
     """The host's keys from its state dir ({} when the host runs without them)."""
@@ -56,7 +102,9 @@ def _check(response: requests.Response) -> requests.Response:
             message = response.json().get("message") or response.json().get("error")
         except ValueError:
             message = response.text[:300]
-        raise ClientError(f"host answered {response.status_code}: {message}")
+        error = ClientError(f"host answered {response.status_code}: {message}")
+        error.status = response.status_code
+        raise error
     return response
 
 
@@ -130,8 +178,12 @@ def send(args: argparse.Namespace) -> Any:
     if args.kind == "blob":
         blob_path = args.path or f"iris/{args.file.name}"
         target = land(args.state_dir, args.file, args.container, blob_path)
-        deliver_event_grid(
-            args.host_url, args.state_dir, "landing_events", [blob_created_event(target, args.container, blob_path)]
+        events = [blob_created_event(target, args.container, blob_path)]
+        deliver_retrying(
+            args.state_dir,
+            "landing_events",
+            events,
+            lambda: deliver_event_grid(args.host_url, args.state_dir, "landing_events", events),
         )
         return f"landed {target} and delivered BlobCreated"
     if args.kind == "drift":
@@ -144,7 +196,12 @@ def send(args: argparse.Namespace) -> Any:
             "datacontenttype": "application/json",
             "data": {"model_name": args.model, "metric": "psi", "score": args.score, "threshold": 0.2},
         }
-        deliver_cloud_event(args.host_url, args.state_dir, "alert_events", event)
+        deliver_retrying(
+            args.state_dir,
+            "alert_events",
+            [event],
+            lambda: deliver_cloud_event(args.host_url, args.state_dir, "alert_events", event),
+        )
         return f"delivered drift alert {event['id']} for {args.model}"
     if args.kind == "model-registered":
         event = {
@@ -158,7 +215,12 @@ def send(args: argparse.Namespace) -> Any:
             "metadataVersion": "1",
             "data": {"ModelName": args.model, "ModelVersion": args.version, "ModelTags": {}, "ModelProperties": {}},
         }
-        deliver_event_grid(args.host_url, args.state_dir, "workspace_events", [event])
+        deliver_retrying(
+            args.state_dir,
+            "workspace_events",
+            [event],
+            lambda: deliver_event_grid(args.host_url, args.state_dir, "workspace_events", [event]),
+        )
         return f"delivered ModelRegistered for {args.model} v{args.version}"
     secret = webhook_secrets(args.state_dir)["SIGNALBOX_GITHUB_WEBHOOK_SECRET"]
     if not secret:

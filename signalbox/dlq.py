@@ -6,6 +6,13 @@ with the admin (master) key from ``--admin-key`` / ``$SIGNALBOX_ADMIN_KEY`` or e
 dir's ``host-keys.json`` (a Function App in Azure: pass its master key). Both ways run the
 same code (``shared/deadletters``: its requests, operations and views) and print the same thing.
 
+With ``--source eventgrid`` the same actions work on the events Event Grid dead-lettered (its
+subscriptions' dead-letter container; locally ``STATE_DIR/eventgrid-deadletters``, which the local
+host fills when a delivery exhausts its retries): the positional argument is then the function (or
+subscription), ``--message-id``/``--event-id`` the event id, and a replay delivers each event to its
+function through the host's Event Grid webhook (directly: ``--deliver-to``, default
+``$SIGNALBOX_HOST_URL``, with the state dir's Event Grid system key).
+
 Exit codes: 0 done; 1 something failed (a replay or purge failure, a dead letter not found,
 the host unreachable or refusing); 2 bad input, or a purge that was not confirmed.
 """
@@ -17,7 +24,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +34,7 @@ EXIT_FAILED = 1
 EXIT_REFUSED = 2
 ALL_QUEUES = "all"  # = shared.deadletters.ALL_QUEUES (this module stays import-light)
 _FILTER_ARGS = ("reason", "since", "message_id", "correlation_id", "limit")
+EVENTGRID = "eventgrid"  # = shared.deadletters.eventgrid.EVENTGRID
 
 
 class CommandError(RuntimeError):
@@ -59,13 +67,25 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "host-keys.json); needed for a Function App in Azure",
     )
     parser.add_argument("--json", action="store_true", help="print the JSON answer")
+    parser.add_argument(
+        "--source",
+        choices=("queues", EVENTGRID),
+        default="queues",
+        help="queues: the queues' dead-letter sub-queues (default); eventgrid: the events Event Grid dead-lettered",
+    )
+    parser.add_argument(
+        "--deliver-to",
+        default=os.environ.get("SIGNALBOX_HOST_URL") or "http://127.0.0.1:7071",
+        help="--source eventgrid without --host-url: the host whose Event Grid webhook a replay delivers to "
+        "(default $SIGNALBOX_HOST_URL, else http://127.0.0.1:7071)",
+    )
 
 
 def _filters(parser: argparse.ArgumentParser, *, queue_help: str) -> None:
     parser.add_argument("queue", nargs="?", help=queue_help)
     parser.add_argument("--reason", help="dead-letter reason, e.g. MaxDeliveryCountExceeded (case-insensitive)")
     parser.add_argument("--since", help="dead-lettered at or after: 2026-11-23T10:00:00Z, or an age: 15m, 2h, 1d")
-    parser.add_argument("--message-id", help="this message id (or replays of it)")
+    parser.add_argument("--message-id", "--event-id", help="this message id (or replays of it); eventgrid: event id")
     parser.add_argument("--correlation-id", help="this correlation id (one lifecycle)")
     parser.add_argument("--limit", type=int, help="at most this many dead letters (in queue, then sequence order)")
 
@@ -85,8 +105,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     _common(listing)
 
     show = actions.add_parser("show", help="one dead letter with its body and application properties")
-    show.add_argument("message_id")
-    show.add_argument("--queue", help="look only in this queue")
+    show.add_argument("message_id", help="the message id (--source eventgrid: the event id)")
+    show.add_argument("--queue", "--function", help="look only in this queue (--source eventgrid: this function)")
     _common(show)
 
     replay = actions.add_parser(
@@ -119,11 +139,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Carry out ``signalbox dlq ...``; the exit code."""
     try:
-        backend: Backend = (
-            HostBackend(args.host_url.rstrip("/"), args.state_dir, args.admin_key)
-            if args.host_url
-            else DirectBackend(args.state_dir)
-        )
+        source = getattr(args, "source", "queues")
+        backend: Backend
+        if args.host_url:
+            backend = HostBackend(args.host_url.rstrip("/"), args.state_dir, args.admin_key, source=source)
+        elif source == EVENTGRID:
+            backend = EventGridDirectBackend(args.state_dir, args.deliver_to, args.admin_key)
+        else:
+            backend = DirectBackend(args.state_dir)
         action = args.dlq_action
         if action == "list":
             return _list(backend, args)
@@ -138,11 +161,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _filter_data(args: argparse.Namespace) -> dict[str, Any]:
-    data = {"queue": args.queue} if args.queue else {}
+    eventgrid = getattr(args, "source", "queues") == EVENTGRID
+    data = {("function" if eventgrid else "queue"): args.queue} if args.queue else {}
     for name in _FILTER_ARGS:
         value = getattr(args, name)
         if value is not None:
-            data[name] = value
+            if eventgrid and name == "correlation_id":
+                raise CommandError("--correlation-id is for queue dead letters; Event Grid events have none", 2)
+            data["event_id" if eventgrid and name == "message_id" else name] = value
     return data
 
 
@@ -194,6 +220,7 @@ def _purge(backend: Backend, args: argparse.Namespace) -> int:
         _emit(args, answer, format_report(answer, "purge"))
         return EXIT_OK
     expected = args.queue or ALL_QUEUES
+    what = "function" if getattr(args, "source", "queues") == EVENTGRID else "queue"
     if args.yes:
         confirm = expected
     elif sys.stdin is not None and sys.stdin.isatty():
@@ -202,7 +229,7 @@ def _purge(backend: Backend, args: argparse.Namespace) -> int:
         if count == 0:
             _emit(args, preview, "nothing to purge")
             return EXIT_OK
-        what = f"queue {args.queue!r}" if args.queue else "every queue"
+        what = f"{what} {args.queue!r}" if args.queue else f"every {what}"
         print(f"This deletes {count} dead letter(s) of {what} for good.", file=sys.stderr)
         try:
             confirm = input(f"Type {expected!r} to confirm: ").strip()
@@ -330,13 +357,86 @@ class DirectBackend:
         return views.report(parsed, report)
 
 
+class EventGridDirectBackend:
+    """The local Event Grid dead-letter folder of a state dir; a replay delivers to a running host."""
+
+    def __init__(self, state_dir: Path, deliver_to: str, admin_key: str | None = None) -> None:
+        from shared.adapters.local.eventgrid_deadletters import local_eventgrid_dead_letters
+        from signalbox.client import host_keys
+
+        self.store = local_eventgrid_dead_letters(state_dir)
+        self.deliver_to = deliver_to.rstrip("/")
+        keys = host_keys(state_dir)
+        self.key = admin_key or str(keys.get("systemKeys", {}).get("eventgrid_extension", "")) or None
+
+    def _filters(self, data: dict[str, Any], *extra: str) -> Any:
+        from shared.deadletters import eventgrid
+
+        try:
+            return eventgrid.parse_filters(data, now=datetime.now(UTC), extra=extra)
+        except ValueError as exc:
+            raise CommandError(str(exc), EXIT_REFUSED) from None
+
+    def list(self, filters: dict[str, Any]) -> dict[str, Any]:
+        from shared.deadletters import eventgrid
+
+        parsed = self._filters(filters)
+        return eventgrid.listing(parsed, eventgrid.select(self.store, parsed))
+
+    def show(self, message_id: str, queue: str | None) -> dict[str, Any]:
+        from shared.deadletters import eventgrid
+
+        try:
+            return eventgrid.detail(eventgrid.find(self.store, message_id, function=queue))
+        except LookupError as exc:
+            raise CommandError(str(exc.args[0])) from None
+
+    def replay(
+        self,
+        filters: dict[str, Any],
+        *,
+        dry_run: bool,
+        max_replays: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> dict[str, Any]:
+        from shared.deadletters import eventgrid
+
+        parsed = self._filters(filters)
+        delivery = eventgrid.HttpEventGridDelivery(self.deliver_to, self.key)
+        try:
+            report = eventgrid.replay(
+                self.store, delivery, parsed, dry_run=dry_run, max_replays=max_replays, progress=progress
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc), EXIT_REFUSED) from None
+        return eventgrid.report_view(parsed, report)
+
+    def purge(
+        self,
+        filters: dict[str, Any],
+        *,
+        confirm: str | None,
+        dry_run: bool,
+        progress: Callable[[int, int], None] | None,
+    ) -> dict[str, Any]:
+        from shared.deadletters import eventgrid
+
+        parsed = self._filters(filters)
+        expected = parsed.function or ALL_QUEUES
+        if not dry_run and confirm != expected:
+            raise CommandError(f"not confirmed (expected {expected!r}): nothing was purged", EXIT_REFUSED)
+        report = eventgrid.purge(self.store, parsed, dry_run=dry_run, progress=progress)
+        return eventgrid.report_view(parsed, report)
+
+
 class HostBackend:
     """A running host's admin functions; the admin key from the state dir's ``host-keys.json``."""
 
-    def __init__(self, host_url: str, state_dir: Path, admin_key: str | None = None) -> None:
+    def __init__(self, host_url: str, state_dir: Path, admin_key: str | None = None, *, source: str = "queues") -> None:
         from signalbox.client import host_keys
 
         self.base = f"{host_url}/api/ops/deadletters"
+        self.source = {"source": source} if source != "queues" else {}
         self.state_dir = state_dir
         key = admin_key or str(host_keys(state_dir).get("masterKey", ""))
         # No key file: the host may run with --no-auth; if not, its 401 says what is missing.
@@ -368,12 +468,13 @@ class HostBackend:
         return payload
 
     def list(self, filters: dict[str, Any]) -> dict[str, Any]:
-        return self._call("GET", self.base, params=filters)
+        return self._call("GET", self.base, params={**filters, **self.source})
 
     def show(self, message_id: str, queue: str | None) -> dict[str, Any]:
         from urllib.parse import quote
 
-        return self._call("GET", f"{self.base}/{quote(message_id, safe='')}", params={"queue": queue} if queue else {})
+        where = ({"function": queue} if self.source else {"queue": queue}) if queue else {}
+        return self._call("GET", f"{self.base}/{quote(message_id, safe='')}", params={**where, **self.source})
 
     def replay(
         self,
@@ -387,7 +488,9 @@ class HostBackend:
         if progress is not None and not dry_run:
             print("replaying through the host (its log shows the progress)...", file=sys.stderr, flush=True)
         return self._call(
-            "POST", f"{self.base}/replay", json={**filters, "dry_run": dry_run, "max_replays": max_replays}
+            "POST",
+            f"{self.base}/replay",
+            json={**filters, **self.source, "dry_run": dry_run, "max_replays": max_replays},
         )
 
     def purge(
@@ -398,7 +501,7 @@ class HostBackend:
         dry_run: bool,
         progress: Callable[[int, int], None] | None,
     ) -> dict[str, Any]:
-        body = {**filters, "dry_run": dry_run}
+        body = {**filters, **self.source, "dry_run": dry_run}
         if confirm is not None:
             body["confirm"] = confirm
         return self._call("POST", f"{self.base}/purge", json=body)
@@ -418,8 +521,37 @@ def _cut(text: str | None, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _table(headers: tuple[str, ...], table: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
+    return ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in (headers, *table)]
+
+
+def format_eventgrid_list(rows: list[dict[str, Any]], function: str | None) -> str:
+    """The ``list --source eventgrid`` table."""
+    if not rows:
+        return f"no Event Grid dead letters for {function}" if function else "no Event Grid dead letters"
+    headers = ("EVENT ID", "FUNCTION", "EVENT TYPE", "REASON", "ATTEMPTS", "LAST OUTCOME", "DEAD-LETTERED", "REPLAYS")
+    table = [
+        (
+            str(r["event_id"]),
+            r.get("function") or f"? ({r.get('subscription')})",
+            _cut(r.get("event_type"), 40),
+            r.get("reason") or "-",
+            str(r.get("delivery_attempts") if r.get("delivery_attempts") is not None else "-"),
+            (r.get("last_delivery_outcome") or "-")
+            + (f" ({r['last_http_status_code']})" if r.get("last_http_status_code") else ""),
+            _when(r.get("dead_lettered_time")),
+            str(r.get("replay_count", 0)),
+        )
+        for r in rows
+    ]
+    return "\n".join([*_table(headers, table), f"{len(rows)} Event Grid dead letter(s)"])
+
+
 def format_list(rows: list[dict[str, Any]], queue: str | None) -> str:
     """The ``list`` table."""
+    if rows and rows[0].get("source") == EVENTGRID:
+        return format_eventgrid_list(rows, queue)
     if not rows:
         return f"no dead letters in queue {queue}" if queue else "no dead letters"
     headers = (
@@ -455,6 +587,10 @@ def format_list(rows: list[dict[str, Any]], queue: str | None) -> str:
 
 def format_detail(d: dict[str, Any]) -> str:
     """The ``show`` view."""
+    if d.get("source") == EVENTGRID:
+        names = [k for k in d if k not in ("source", "event")]
+        lines = [f"{k.replace('_', ' ')}: {d[k] if d[k] is not None else '-'}" for k in names]
+        return "\n".join([*lines, "event (as it is replayed):", json.dumps(d.get("event"), indent=2)])
     fields = (
         "message_id",
         "queue",
@@ -498,7 +634,12 @@ def format_report(answer: dict[str, Any], operation: str) -> str:
     """One line per dead letter, then the totals."""
     lines = []
     for o in answer["outcomes"]:
-        line = f"{_VERBS.get(o['status'], o['status'])}: {o['queue']} {o['message_id']}"
+        if o.get("source") == EVENTGRID:
+            line = f"{_VERBS.get(o['status'], o['status'])}: {o.get('function') or o['subscription']} {o['event_id']}"
+            if o.get("replay_count") is not None and o["status"] in ("replayed", "would_replay"):
+                line += f" (replay {o['replay_count']})"
+        else:
+            line = f"{_VERBS.get(o['status'], o['status'])}: {o['queue']} {o['message_id']}"
         if o.get("new_message_id"):
             line += f" -> {o['new_message_id']} (replay {o['replay_count']})"
         if o.get("detail"):

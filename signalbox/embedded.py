@@ -55,6 +55,9 @@ class LandingWatcher:
     announced: Path | None = None  # default: ``landing-announced.jsonl`` next to ``root``
     _seen: dict[str, str] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
+    # Event Grid's retry policy (signalbox.client.delivery_policy); a delivery that exhausts it is
+    # dead-lettered to STATE_DIR/eventgrid-deadletters/landing_events/ and counted as announced.
+    _retries: Any = None
 
     def start(self) -> None:
         """Read what was announced before (or take what is there as announced) and watch in a background thread."""
@@ -119,8 +122,10 @@ class LandingWatcher:
             handle.write(json.dumps({"path": name, "etag": etag}) + "\n")
 
     def _run(self) -> None:
-        from signalbox.client import ClientError, blob_created_event, deliver_event_grid
+        from shared.adapters.local.eventgrid_deadletters import Retries
+        from signalbox.client import ClientError, blob_created_event, deliver_event_grid, delivery_policy
 
+        self._retries = self._retries or Retries(delivery_policy())
         pending: dict[str, str] = {}
         while not self._stop.wait(self.interval):
             for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
@@ -136,7 +141,8 @@ class LandingWatcher:
                     pending[name] = signature
                     continue
                 container, _, blob_path = name.partition("/")
-                if not blob_path:
+                attempt = f"{name}@{signature}"  # a new write of the file starts its retries afresh
+                if not blob_path or not self._retries.due(attempt):
                     continue
                 try:
                     event = blob_created_event(path, container, blob_path)
@@ -145,8 +151,14 @@ class LandingWatcher:
                     log.info("BlobCreated for %s not sent: %s", name, exc)
                     continue
                 except ClientError as exc:
-                    log.warning("BlobCreated for %s not accepted (will retry): %s", name, exc)
-                    continue
+                    reason = self._retries.failed(attempt, exc.status)
+                    if reason is None:
+                        log.warning("BlobCreated for %s not accepted (will retry): %s", name, exc)
+                        continue
+                    state = self.host.settings.state_dir
+                    dead = self._retries.dead_letter(attempt, reason, state, "landing_events", [event])
+                    log.error("BlobCreated for %s not accepted (%s), dead-lettered (%s): %s", name, exc, reason, dead)
+                self._retries.forget(attempt)
                 self._remember(name, str(event["data"]["eTag"]).strip('"'))
                 pending.pop(name, None)
 

@@ -283,6 +283,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     SIGNALBOX_EVENTGRID_ENDPOINT: eventGridEndpoint
     // Empty: the topic has local auth off, Signalbox publishes with its identity (EventGrid Data Sender).
     SIGNALBOX_EVENTGRID_KEY: ''
+    // Event Grid's dead-letter container (signalbox dlq --source eventgrid); Storage Blob Data Owner on this account.
+    SIGNALBOX_EVENTGRID_DEADLETTER_CONTAINER_URL: '${storage.properties.primaryEndpoints.blob}${deadLetter.name}'
     SIGNALBOX_LANDING_CONTAINER: landingContainer
     SIGNALBOX_HOST_URL: 'https://${site.properties.defaultHostName}'
     MLFLOW_TRACKING_URI: mlflowTrackingUri
