@@ -173,14 +173,15 @@ def _reconcile(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
-        return 0
+        return 1 if any(r.failed for r in reports) else 0
     verb = "would send" if args.dry_run else "sent"
     for report in reports:
         detail = "; ".join(
             f"{sweep}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) for sweep, counts in report.counts.items()
         )
-        print(f"{report.model}: {verb} {report.sent} ({detail})")
-    return 0
+        failed = "".join(f"; {sweep} FAILED: {why}" for sweep, why in report.failed.items())
+        print(f"{report.model}: {verb} {report.sent} ({detail}{failed})")
+    return 1 if any(r.failed for r in reports) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ the model and the minute, so timers firing together on several instances send on
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from shared import domain
 from shared.contracts import Envelope, PollRun, ReconcileModel, Sweep, TrainModel
 from shared.domain import LifecycleEvent, Outcome
+from shared.errors import TransientError
 from shared.handlers.common import known_model, log, start
 from shared.handlers.ingress import new_version
 from shared.handlers.landing_sweep import sweep_landing
@@ -61,6 +62,7 @@ class ReconcileReport:
     model: str
     dry_run: bool
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # sweep → why it failed
 
     @property
     def sent(self) -> int:
@@ -69,29 +71,60 @@ class ReconcileReport:
 
     def to_dict(self) -> dict[str, object]:
         """The report as JSON-ready data."""
-        return {"model": self.model, "dry_run": self.dry_run, "sent": self.sent, "counts": self.counts}
+        return {
+            "model": self.model,
+            "dry_run": self.dry_run,
+            "sent": self.sent,
+            "counts": self.counts,
+            "failed": self.failed,
+        }
 
 
 def reconcile(model: str, svc: Services, *, sweeps: Iterable[Sweep] = SWEEPS, dry_run: bool = False) -> ReconcileReport:
     """Run the chosen sweeps of one catalogue model; publish ``Reconciled`` with their counts (not in a dry run).
 
     A dry run sends nothing, moves no watermark and publishes nothing: it reports what a sweep would send.
+    A sweep that fails leaves the others to run and is reported (``failed``); a transient failure is
+    raised after them, so the command is retried (every sweep is idempotent), any other waits for
+    the next sweep.
     """
     entry = svc.catalogue.get(model)
     chosen = set(sweeps)
     counts: dict[str, dict[str, int]] = {}
-    tags = svc.registry.model_tags(entry.name) if chosen & {REGISTRY, RUNS} else {}
-    if REGISTRY in chosen:
-        counts[REGISTRY] = sweep_registry(entry, svc, dry_run, tags=tags)
-    if RUNS in chosen:
-        counts[RUNS] = sweep_runs(entry, svc, dry_run, tags=tags)
-    if LANDING in chosen:
-        counts[LANDING] = sweep_landing(entry, svc, dry_run)
-    report = ReconcileReport(entry.name, dry_run, counts)
+    failed: dict[str, str] = {}
+    transient: TransientError | None = None
+    read: list[dict[str, str]] = []
+
+    def model_tags() -> dict[str, str]:  # one read for the registry and run sweeps
+        if not read:
+            read.append(svc.registry.model_tags(entry.name))
+        return read[0]
+
+    plan: list[tuple[Sweep, Callable[[], dict[str, int]]]] = [
+        (REGISTRY, lambda: sweep_registry(entry, svc, dry_run, tags=model_tags())),
+        (RUNS, lambda: sweep_runs(entry, svc, dry_run, tags=model_tags())),
+        (LANDING, lambda: sweep_landing(entry, svc, dry_run)),
+    ]
+    for name, sweep in plan:
+        if name not in chosen:
+            continue
+        try:
+            counts[name] = sweep()
+        except Exception as exc:  # one sweep's failure must not stop the others
+            failed[name] = f"{type(exc).__name__}: {exc}"[:500]
+            log.warning("%s sweep of %s failed: %s", name, entry.name, failed[name])
+            if isinstance(exc, TransientError) and transient is None:
+                transient = exc
+    report = ReconcileReport(entry.name, dry_run, counts, failed)
     if not dry_run:
-        svc.events.publish(LifecycleEvent.RECONCILED, entry.name, {"sent": report.sent, **counts})
+        data: dict[str, object] = {"sent": report.sent, **counts}
+        if failed:
+            data["failed"] = failed
+        svc.events.publish(LifecycleEvent.RECONCILED, entry.name, data)
     if report.sent:
         log.info("reconciled %s%s: %s", entry.name, " (dry run)" if dry_run else "", counts)
+    if transient is not None:
+        raise transient
     return report
 
 

@@ -366,3 +366,33 @@ def test_the_timer_reads_its_schedule_from_the_app_setting_when_there_is_one(
     assert done.returncode == 0, done.stderr
     trigger = json.loads(done.stdout)
     assert trigger["type"] == "timerTrigger" and trigger["schedule"] == schedule
+
+
+def test_a_failing_sweep_leaves_the_others_to_run_and_is_reported() -> None:
+    from shared.errors import TransientError
+
+    svc = services()
+    version = register(svc)
+
+    class BrokenLanding:
+        def list_since(self, *args: object) -> list[object]:
+            raise OSError("the landing container cannot be listed")
+
+    svc.landing = BrokenLanding()  # type: ignore[assignment]
+    report = reconcile(MODEL, svc)
+    assert report.failed == {"landing": "OSError: the landing container cannot be listed"}
+    assert [e.command.version for e, _ in svc.bus.sent] == [version]
+    ((_, data),) = [(s, d) for t, s, d in svc.events.published if t == "Reconciled"]
+    assert data["failed"] == report.failed and data["registry"]["versions_sent"] == 1
+
+    class Throttled:
+        def list_since(self, *args: object) -> list[object]:
+            raise TransientError("429 from storage")
+
+    svc.landing = Throttled()  # type: ignore[assignment]
+    envelope = Envelope.start(ReconcileModel(model_name=MODEL), cause="reconcile:t", environment="dev")
+    # Raised after the other sweeps ran and the failure was recorded: the dispatcher retries the command later.
+    with pytest.raises(TransientError):
+        handlers.PIPELINE[queues.PROMOTE](envelope, svc)
+    last = [d for t, _, d in svc.events.published if t == "Reconciled"][-1]
+    assert last["failed"] == {"landing": "TransientError: 429 from storage"} and "registry" in last
