@@ -73,7 +73,11 @@ def sweep_landing(
     fresh = now - max(window - MARGIN, timedelta(0))
     newest = mark
     while True:
-        files = svc.landing.list_since(model.data.container, model.data.prefix, after, page)
+        try:
+            files = svc.landing.list_since(model.data.container, model.data.prefix, after, page)
+        except OSError as exc:  # the container is not there (yet): nothing has landed to sweep
+            log.info("landing sweep of %s: nothing to list: %s", model.name, exc)
+            break
         counts["files_listed"] += len(files)
         settled = [f for f in files if f.last_modified <= cut]
         counts["files_waiting"] += len(files) - len(settled)

@@ -26,7 +26,7 @@ from shared import handlers
 from shared.adapters.azure.landing import BlobLandingZone
 from shared.adapters.local.landing import LocalLandingZone, oldest
 from shared.catalogue import Data
-from shared.errors import TransientError
+from shared.errors import PermanentError, TransientError
 from shared.events import BlobCreated
 from shared.handlers.ingress import landing_cause
 from shared.handlers.landing_sweep import WATERMARK, sweep_landing
@@ -290,7 +290,7 @@ def test_list_since_plain_text_503s_are_transient(azurite, proxy):
 
 
 def test_list_since_wants_an_account_and_an_aware_watermark():
-    with pytest.raises(ValueError, match="account_url"):
+    with pytest.raises(PermanentError, match="SIGNALBOX_LANDING_ACCOUNT_URL"):
         BlobLandingZone(KEY).list_since("landing", "iris/", None, 10)
     with pytest.raises(ValueError, match="timezone-aware"):
         BlobLandingZone(KEY, account_url="http://127.0.0.1:1/x").list_since("landing", "", datetime(2026, 1, 1), 1)

@@ -454,3 +454,14 @@ def test_the_watchers_event_and_the_local_listing_name_one_write_alike(tmp_path,
     landed.write_text("a,b\n3,4\n5,6\n")
     (again,) = LocalLandingZone(root).list_since("landing", "iris/", None, 10)
     assert landing_cause(again.container, again.path, again.etag) != cause
+
+
+def test_a_container_not_there_yet_is_nothing_to_sweep(tmp_path):
+    from shared.adapters.local.landing import LocalLandingZone
+
+    svc = sweep_services()
+    svc.landing = LocalLandingZone(tmp_path / "landing")  # nothing has landed: not even the container folder
+    (tmp_path / "landing").mkdir()
+    counts = sweep_landing(model(svc), svc)
+    assert counts["files_listed"] == 0 and trains(svc) == []
+    assert WATERMARK not in svc.registry.model_tags(MODEL)

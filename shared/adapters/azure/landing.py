@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 from shared.adapters.local.landing import oldest
-from shared.errors import TransientError
+from shared.errors import PermanentError, TransientError
 from shared.ports import LandedFile
 
 # A date partition as the first path segment under a prefix: 2026-12-06/ or dt=2026-12-06/.
@@ -129,13 +129,18 @@ class BlobLandingZone:
         under a ``/``-ending prefix is a day (``2026-12-06/`` or ``dt=2026-12-06/``), partitions more
         than a day older than ``after`` are skipped unread, so a sweep costs the partitions' count
         plus the blobs of the last days; that assumes producers write into the day they upload.
-        ``OSError`` when the container is not there, ``TransientError`` when it may work later.
+        ``OSError`` when the container is not there, ``TransientError`` when it may work later,
+        ``PermanentError`` without an account URL.
         """
         from azure.core.exceptions import AzureError
         from azure.storage.blob import ContainerClient
 
         if self.account_url is None:
-            raise ValueError("BlobLandingZone needs account_url to list a container")
+            # A configuration to fix, not a retry: the landing sweep cannot list without the account.
+            raise PermanentError(
+                "the landing zone has no account URL to list containers with "
+                "(set SIGNALBOX_LANDING_ACCOUNT_URL=https://ACCOUNT.blob.core.windows.net)"
+            )
         if after is not None and after.tzinfo is None:
             raise ValueError("after must be timezone-aware")
         client = ContainerClient(self.account_url, container, **self._options(self.account_url))
