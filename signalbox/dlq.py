@@ -189,7 +189,10 @@ def _progress(every: int, verb: str) -> Callable[[int, int], None] | None:
 
 def _list(backend: Backend, args: argparse.Namespace) -> int:
     answer = backend.list(_filter_data(args))
-    _emit(args, answer, format_list(answer["dead_letters"], args.queue))
+    if answer.get("filters", {}).get("source") == EVENTGRID:
+        _emit(args, answer, format_eventgrid_list(answer["dead_letters"], args.queue))
+    else:
+        _emit(args, answer, format_list(answer["dead_letters"], args.queue))
     return EXIT_OK
 
 

@@ -194,8 +194,8 @@ class EventGridDeadLetter:
 
     @property
     def key(self) -> str:
-        """What its replay count is kept under: the subscription (case-insensitive) and the event id."""
-        return f"{self.subscription.upper()}/{self.event_id}"
+        """What its replay count is kept under: the function (else the subscription, upper case) and the event id."""
+        return f"{self.function or self.subscription.upper()}/{self.event_id}"
 
 
 def parse_blob(
