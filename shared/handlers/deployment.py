@@ -298,7 +298,7 @@ def _make_production(
     entries = [
         history.Entry(
             "deployment",
-            f"v{version} deployed to {deployment.get('endpoint')}",
+            f"v{version} deployed to {deployment.get('endpoint')}" + (" again (rollback)" if replaced else ""),
             who=who,
             why=why or ("approved; passed its smoke test" if deployment.get("mode") == "real_time" else "approved"),
             version=version,

@@ -249,6 +249,7 @@ def test_history_records_the_whole_lifecycle_and_a_rollback_newest_first():
         f"v{v2} production → unstaged",
         f"v{v1} surpassed → production",
         f"champion → v{v1} (was v{v2})",
+        f"v{v1} deployed to iris again (rollback)",
         f"rolled back to v{v1} from v{v2}",
     ]
     assert set(expected) <= set(whats), sorted(set(expected) - set(whats))

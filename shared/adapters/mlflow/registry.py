@@ -508,8 +508,13 @@ class MlflowRegistry:
             tags=tags,
             run_name=str(entry.get("kind", "entry"))[:200],
         )
-        # Finished at once, so the MLflow UI shows it as a record rather than a running job.
-        self._client.set_terminated(run.info.run_id, status="FINISHED", end_time=int(at.timestamp() * 1000))
+        # Finished at once, so the MLflow UI shows it as a record rather than a running job. Through the
+        # store: ``set_terminated`` also prints a "View run at <url>" line per call into the host's log.
+        from mlflow.entities import RunStatus
+
+        self._client._tracking_client.store.update_run_info(
+            run.info.run_id, run_status=RunStatus.FINISHED, end_time=int(at.timestamp() * 1000), run_name=None
+        )
 
     @_translated
     def history(self, model_name: str, since: datetime | None = None) -> list[dict[str, str]]:
@@ -532,9 +537,7 @@ class MlflowRegistry:
                 tags = run.data.tags
                 if tags.get(_HISTORY_MODEL_TAG) != model_name:
                     continue
-                entries.append(
-                    {k.removeprefix(_HISTORY_TAG): v for k, v in tags.items() if k.startswith(_HISTORY_TAG)}
-                )
+                entries.append({k.removeprefix(_HISTORY_TAG): v for k, v in tags.items() if k.startswith(_HISTORY_TAG)})
             page_token = page.token
             if not page_token:
                 return entries
