@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import cold_start, demo, ingress, promotion, sweep
+from bench import cold_start, demo, ingress, landing_sweep, promotion, sweep
 from bench.table import Row, render
 
 
@@ -40,6 +40,7 @@ FIGURES: dict[str, tuple[Callable[[bool], list[Row]], tuple[str, ...]]] = {
     ),
     "promotion": (promotion.run, ("promotion decision",)),
     "sweep": (sweep.run, ("registry sweep",)),
+    "landing-sweep": (landing_sweep.run, ("landing sweep",)),
     "demo": (demo.run, ("signalbox demo",)),
 }
 
