@@ -7,7 +7,6 @@ and in Azure: routes under ``/api``, auth levels with function and admin keys,
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -16,13 +15,11 @@ import time
 import traceback
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from shared.adapters.local.queues import LocalQueues
 from shared.events import InvalidEvent
@@ -31,9 +28,9 @@ from signalbox.localhost.config import (
     HostConfigError,
     HostKeys,
     load_local_settings,
-    redact_keys,
 )
 from signalbox.localhost.eventgrid import parse_delivery, validation_code
+from signalbox.localhost.http import Answer, Head, HttpLimits, HttpServer, Refusal, Work
 from signalbox.localhost.index import EVENT_GRID, HTTP, SERVICE_BUS, TIMER, HostedFunction, index_functions, load_app
 from signalbox.localhost.triggers import QueuePump, TimerRunner, invoke_event_grid
 
@@ -56,8 +53,8 @@ class HostSettings:
     app_spec: str = "function_app:app"
     auth: bool = True
     only: tuple[str, ...] = ()  # run just these functions, like `func start --functions`
-    # A client slower than this (headers, whole body) gets 408 and is disconnected, so a lying
-    # Content-Length or a trickled body cannot hold a thread forever.
+    # A client slower than this gets 408 (a body) or is disconnected (headers, an idle connection), so a
+    # lying Content-Length or a trickle cannot hold the connection forever.
     request_timeout: float = REQUEST_TIMEOUT_SECONDS
 
 
@@ -97,15 +94,19 @@ class LocalHost:
             if f.trigger_type == SERVICE_BUS
         ]
         self.timers = [TimerRunner(f, self.record) for f in self.functions.values() if f.trigger_type == TIMER]
-        self.httpd = ThreadingHTTPServer((settings.bind, settings.port), _handler_for(self))
-        self.httpd.daemon_threads = True
-        self._serve_thread: threading.Thread | None = None
+        self.http = HttpServer(
+            _Routes(self),
+            settings.bind,
+            settings.port,
+            request_timeout=settings.request_timeout,
+            limits=HttpLimits.from_host_json(root / "host.json"),
+        )
 
     @property
     def base_url(self) -> str:
         """Where the host listens."""
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        host, port = self.http.address
+        return f"http://{host}:{port}"
 
     def record(self, function: str, status: str, seconds: float, message_id: str | None) -> None:
         """Count one invocation (for /admin/host/status)."""
@@ -114,8 +115,7 @@ class LocalHost:
 
     def start(self) -> None:
         """Serve HTTP and start the pumps and timers, in background threads."""
-        self._serve_thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
-        self._serve_thread.start()
+        self.http.start()
         for pump in self.pumps:
             pump.start()
         for timer in self.timers:
@@ -123,12 +123,11 @@ class LocalHost:
 
     def stop(self) -> None:
         """Stop accepting work and let running invocations finish."""
-        self.httpd.shutdown()
+        self.http.stop()
         for pump in self.pumps:
             pump.stop(wait=True)
         for timer in self.timers:
             timer.stop()
-        self.httpd.server_close()
         self.queues.close()
 
     def status(self) -> dict[str, Any]:
@@ -176,341 +175,235 @@ def _int32(text: str) -> bool:
     return re.fullmatch(r"-?[0-9]{1,10}", text) is not None and -(2**31) <= int(text) < 2**31
 
 
-class _Reply(Exception):
-    """A response decided while handling a request (an error with its status)."""
+def _http_request(method: str, url: str, head: Head, route_params: dict[str, str], body: bytes) -> Any:
+    """The trigger's ``azure.functions.HttpRequest``, decoded by the library's own converter from the
+    ``http`` datum the Python worker builds out of the host's RpcHttp (raw body bytes, string headers)."""
+    from azure.functions import meta
+    from azure.functions.http import HttpRequestConverter
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
+    def strings(values: Mapping[str, str]) -> dict[str, meta.Datum]:
+        return {name: meta.Datum(value, "string") for name, value in values.items()}
+
+    datum = meta.Datum(
+        {
+            "method": meta.Datum(method, "string"),
+            "url": meta.Datum(url, "string"),
+            "headers": strings(head.headers),
+            "body": meta.Datum(body, "bytes"),
+            "params": strings(route_params),
+            "query": strings(head.query),
+        },
+        "http",
+    )
+    return HttpRequestConverter.decode(datum, trigger_metadata={})
 
 
-def _handler_for(host: LocalHost) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "SignalboxLocalHost/1.0"
-        protocol_version = "HTTP/1.1"
-        # Socket read timeout: request line and headers, and idle keep-alive connections.
-        timeout = host.settings.request_timeout
+def _http_answer(result: Any) -> Answer:
+    """A function's return value as the answer: HttpResponse and str through the library's output converter."""
+    import azure.functions as func
+    from azure.functions.http import HttpResponseConverter
 
-        def log_message(self, format: str, *args: Any) -> None:
-            # The request line carries ?code=<key> when a caller authenticates in the URL.
-            log.debug("%s - %s", self.address_string(), redact_keys(format % args))
+    if isinstance(result, func.HttpResponse | str):
+        datum = HttpResponseConverter.encode(result, expected_type=None)
+        if datum.type == "string":
+            return Answer(200, str(datum.value).encode())
+        value = datum.value
+        headers = [(name, str(header.value)) for name, header in value["headers"].items()]
+        for cookie in value.get("cookies") or ():
+            headers += [("Set-Cookie", morsel.OutputString()) for morsel in cookie.values()]
+        return Answer(int(value["status_code"].value), bytes(value["body"].value or b""), headers)
+    if result is None:
+        return Answer(204)
+    if isinstance(result, bytes):
+        return Answer(200, result, [("Content-Type", "application/octet-stream")])
+    return Answer.json(200, result)
 
-        def do_GET(self) -> None:
-            self._dispatch("GET")
 
-        def do_POST(self) -> None:
-            self._dispatch("POST")
+class _Routes:
+    """The host's routes and auth levels, decided from the request head; the work runs in the HTTP pools."""
 
-        def do_PUT(self) -> None:
-            self._dispatch("PUT")
+    def __init__(self, host: LocalHost) -> None:
+        self.host = host
 
-        def do_PATCH(self) -> None:
-            self._dispatch("PATCH")
+    def __call__(self, head: Head) -> Answer | Work:
+        path = head.path
+        lowered = path.lower().rstrip("/")
+        config = self.host.config
+        prefix = f"/{config.route_prefix}".lower() if config.route_prefix else ""
+        if lowered == "/runtime/webhooks/eventgrid":
+            return self._event_grid(head)
+        if lowered.startswith("/endpoints/") and lowered.endswith("/invocations"):
+            return self._endpoint(head)
+        if lowered.startswith("/admin/"):
+            return self._admin(head, lowered)
+        if not prefix or lowered == prefix or lowered.startswith(prefix + "/"):
+            return self._http_trigger(head, path[len(prefix) :])
+        if lowered in ("", "/"):
+            return Answer(200, b"Signalbox local Functions host is running.\n")
+        raise Refusal(404, f"no route for {path}")
 
-        def do_DELETE(self) -> None:
-            self._dispatch("DELETE")
+    def _require(self, level: str, head: Head, *, system: bool = False) -> None:
+        given = head.header("x-functions-key") or head.query.get("code")
+        if self.host.settings.auth and not self.host.keys.allows(level, given, system=system):
+            article = "an" if level == "admin" else "a"
+            needed = "the Event Grid system key or the admin key" if system else f"{article} {level} key"
+            raise Refusal(401, f"this endpoint needs {needed} (x-functions-key header or code query parameter)")
 
-        def do_HEAD(self) -> None:
-            self._dispatch("HEAD")
+    # -- HTTP triggers ----------------------------------------------------------------
 
-        def do_OPTIONS(self) -> None:
-            self._dispatch("OPTIONS")
+    def _http_trigger(self, head: Head, path: str) -> Work:
+        matched: tuple[HostedFunction, dict[str, str]] | None = None
+        allowed: set[str] = set()
+        for function in self.host.functions.values():
+            if function.trigger_type != HTTP or function.route is None:
+                continue
+            params = function.route.match(path)
+            if params is None:
+                continue
+            if function.methods and head.method not in function.methods:
+                allowed |= function.methods
+                continue
+            bad_int = [p for p in function.route.int_params if p in params and not _int32(params[p])]
+            if bad_int:
+                continue
+            matched = (function, params)
+            break
+        if matched is None:
+            if allowed:
+                raise Refusal(405, f"method {head.method} is not allowed here", {"Allow": ", ".join(sorted(allowed))})
+            raise Refusal(404, f"no function answers {path or '/'}")
+        function, route_params = matched
+        self._require(function.auth_level, head)
+        return Work(lambda body: self._invoke_http(function, route_params, head, body), MAX_HTTP_BODY)
 
-        # -- plumbing -------------------------------------------------------------------
-
-        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-            self.send_response(status)
-            headers = dict(headers or {})
-            headers.setdefault("Content-Type", "text/plain; charset=utf-8")
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            if not self._body_read and self._announces_body():
-                # A body left unread (refused before reading it) would be parsed as the next request.
-                self.close_connection = True
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-            self._send(
-                status,
-                json.dumps(payload, default=str).encode(),
-                {"Content-Type": "application/json; charset=utf-8", **(headers or {})},
+    def _invoke_http(self, function: HostedFunction, route_params: dict[str, str], head: Head, body: bytes) -> Answer:
+        request = _http_request(head.method, f"{self.host.base_url}{head.target}", head, route_params, body)
+        started = time.monotonic()
+        try:
+            result = function.call(**{function.trigger_arg: request})
+        except Exception as exc:
+            self.host.record(function.name, "Failed", time.monotonic() - started, None)
+            log.error(
+                "Executed 'Functions.%s' (Failed): %s: %s\n%s",
+                function.name,
+                type(exc).__name__,
+                exc,
+                traceback.format_exc(limit=5),
             )
+            raise Refusal(500, f"function {function.name} failed; see the host log") from None
+        self.host.record(function.name, "Succeeded", time.monotonic() - started, None)
+        return _http_answer(result)
 
-        def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-            self._json(status, {"error": HTTPStatus(status).phrase, "message": message}, headers)
+    # -- Event Grid ---------------------------------------------------------------------
 
-        _body_read = False
+    def _event_grid(self, head: Head) -> Answer | Work:
+        name = head.query.get("functionName", "")
+        function = self.host.functions.get(name)
+        if not name:
+            raise Refusal(400, "functionName query parameter is required")
+        if function is None:
+            raise Refusal(404, f"no function named {name!r}")
+        if function.trigger_type != EVENT_GRID:
+            raise Refusal(400, f"function {name!r} is a {function.trigger_type}, not an eventGridTrigger")
+        self._require("function", head, system=True)
+        if head.method == "OPTIONS":
+            # CloudEvents abuse protection (webhook validation handshake).
+            origin = head.header("WebHook-Request-Origin")
+            if not origin:
+                raise Refusal(400, "OPTIONS needs a WebHook-Request-Origin header (CloudEvents validation)")
+            allowed = [("WebHook-Allowed-Origin", origin), ("WebHook-Allowed-Rate", "*"), ("Allow", "POST")]
+            return Answer(200, b"", allowed)
+        if head.method != "POST":
+            raise Refusal(405, "Event Grid deliveries are POSTed", {"Allow": "POST, OPTIONS"})
+        return Work(lambda body: self._deliver(function, head, body), MAX_EVENT_GRID_BODY)
 
-        def _announces_body(self) -> bool:
-            return "Transfer-Encoding" in self.headers or (self.headers.get("Content-Length") or "0").strip() != "0"
-
-        def _body(self, limit: int) -> bytes:
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                raise _Reply(411, "chunked request bodies are not supported; send Content-Length")
-            raw_length = self.headers.get("Content-Length") or "0"
-            try:
-                length = int(raw_length)
-            except ValueError:
-                raise _Reply(400, f"Content-Length is not a number: {raw_length!r}") from None
-            if length < 0:
-                raise _Reply(400, "Content-Length is negative")
-            if length > limit:
-                self.close_connection = True
-                raise _Reply(413, f"request body of {length} bytes is over the limit of {limit} bytes")
-            body = self._read_exactly(length) if length else b""
-            self._body_read = True
-            return body
-
-        def _read_exactly(self, length: int) -> bytes:
-            # One deadline for the whole body: a per-read timeout alone lets a trickle go on forever.
-            budget = host.settings.request_timeout
-            deadline = time.monotonic() + budget
-            chunks: list[bytes] = []
-            remaining = length
-            try:
-                while remaining:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError
-                    self.connection.settimeout(left)
-                    chunk = self.rfile.read1(min(remaining, 1 << 16))
-                    if not chunk:
-                        self.close_connection = True
-                        raise _Reply(400, f"the body ended after {length - remaining} of {length} bytes")
-                    chunks.append(chunk)
-                    remaining -= len(chunk)
-            except TimeoutError:
-                self.close_connection = True
-                raise _Reply(
-                    408, f"got {length - remaining} of {length} body bytes in {budget:g} s; send the whole body"
-                ) from None
-            finally:
-                self.connection.settimeout(self.timeout)
-            return b"".join(chunks)
-
-        def _key(self, query: dict[str, str]) -> str | None:
-            return self.headers.get("x-functions-key") or query.get("code")
-
-        def _require(self, level: str, query: dict[str, str], *, system: bool = False) -> None:
-            if host.settings.auth and not host.keys.allows(level, self._key(query), system=system):
-                needed = (
-                    "the Event Grid system key or the admin key"
-                    if system
-                    else f"a{'n' if level == 'admin' else ''} {level} key"
-                )
-                raise _Reply(401, f"this endpoint needs {needed} (x-functions-key header or code query parameter)")
-
-        def _dispatch(self, method: str) -> None:
-            self._body_read = False
-            try:
-                parts = urlsplit(self.path)
-                path = parts.path
-                query = dict(parse_qsl(parts.query, keep_blank_values=True))
-                lowered = path.lower().rstrip("/")
-                prefix = f"/{host.config.route_prefix}".lower() if host.config.route_prefix else ""
-                if lowered == "/runtime/webhooks/eventgrid":
-                    self._event_grid(method, query)
-                elif lowered.startswith("/endpoints/") and lowered.endswith("/invocations"):
-                    self._endpoint(method, path)
-                elif lowered.startswith("/admin/"):
-                    self._admin(method, lowered, query)
-                elif not prefix or lowered == prefix or lowered.startswith(prefix + "/"):
-                    self._http_trigger(method, path[len(prefix) :], query)
-                elif lowered in ("", "/"):
-                    self._send(200, b"Signalbox local Functions host is running.\n")
-                else:
-                    raise _Reply(404, f"no route for {path}")
-            except _Reply as reply:
-                self._error(reply.status, reply.message, reply.headers)
-            except (ConnectionError, TimeoutError):
-                self.close_connection = True
-            except Exception:
-                log.error("host error on %s %s\n%s", method, redact_keys(self.path), traceback.format_exc())
-                self._error(500, "the local host failed to handle the request; see the host log")
-
-        # -- HTTP triggers ----------------------------------------------------------------
-
-        def _http_trigger(self, method: str, path: str, query: dict[str, str]) -> None:
-            import azure.functions as func
-
-            matched: tuple[HostedFunction, dict[str, str]] | None = None
-            allowed: set[str] = set()
-            for function in host.functions.values():
-                if function.trigger_type != HTTP or function.route is None:
-                    continue
-                params = function.route.match(path)
-                if params is None:
-                    continue
-                if function.methods and method not in function.methods:
-                    allowed |= function.methods
-                    continue
-                bad_int = [p for p in function.route.int_params if p in params and not _int32(params[p])]
-                if bad_int:
-                    continue
-                matched = (function, params)
-                break
-            if matched is None:
-                if allowed:
-                    raise _Reply(405, f"method {method} is not allowed here", {"Allow": ", ".join(sorted(allowed))})
-                raise _Reply(404, f"no function answers {path or '/'}")
-            function, route_params = matched
-            self._require(function.auth_level, query)
-            body = self._body(MAX_HTTP_BODY)
-            request = func.HttpRequest(
-                method=method,
-                url=f"{host.base_url}{self.path}",
-                headers={k: v for k, v in self.headers.items()},
-                params=query,
-                route_params=route_params,
-                body=body,
-            )
+    def _deliver(self, function: HostedFunction, head: Head, body: bytes) -> Answer:
+        name = function.name
+        event_type_header = (head.header("aeg-event-type") or "").lower()
+        try:
+            events = parse_delivery(body, content_type=head.header("Content-Type"))
+        except InvalidEvent as exc:
+            raise Refusal(400, f"not a valid Event Grid or CloudEvents delivery: {exc}") from None
+        code = validation_code(events)
+        if code is not None or event_type_header == "subscriptionvalidation":
+            if code is None:
+                raise Refusal(400, "SubscriptionValidation without data.validationCode")
+            log.info("Event Grid subscription validated for function %s", name)
+            return Answer.json(200, {"validationResponse": code})
+        if event_type_header == "unsubscribe":
+            return Answer(202)
+        for delivered in events:
+            event = delivered.event
             started = time.monotonic()
+            log.info(
+                "Executing 'Functions.%s' (Reason='EventGrid trigger fired', EventId=%s, EventType=%s)",
+                name,
+                event.id,
+                event.type,
+            )
             try:
-                result = function.call(**{function.trigger_arg: request})
+                invoke_event_grid(function, delivered.raw)
             except Exception as exc:
-                host.record(function.name, "Failed", time.monotonic() - started, None)
+                self.host.record(name, "Failed", time.monotonic() - started, event.id)
                 log.error(
-                    "Executed 'Functions.%s' (Failed): %s: %s\n%s",
-                    function.name,
+                    "Executed 'Functions.%s' (Failed, EventId=%s): %s: %s\n%s",
+                    name,
+                    event.id,
                     type(exc).__name__,
                     exc,
                     traceback.format_exc(limit=5),
                 )
-                raise _Reply(500, f"function {function.name} failed; see the host log") from None
-            host.record(function.name, "Succeeded", time.monotonic() - started, None)
-            self._http_result(result)
+                # A 5xx makes Event Grid retry the delivery, as the real extension does.
+                raise Refusal(500, f"function {name} failed on event {event.id}; the sender should retry") from None
+            self.host.record(name, "Succeeded", time.monotonic() - started, event.id)
+            log.info("Executed 'Functions.%s' (Succeeded, EventId=%s)", name, event.id)
+        return Answer(200)
 
-        def _http_result(self, result: Any) -> None:
-            import azure.functions as func
+    # -- local endpoints ----------------------------------------------------------------
 
-            if isinstance(result, func.HttpResponse):
-                headers = dict(result.headers.items())
-                if "content-type" not in {h.lower() for h in headers}:
-                    mimetype = result.mimetype or "text/plain"
-                    headers["Content-Type"] = f"{mimetype}; charset={result.charset or 'utf-8'}"
-                self._send(result.status_code, result.get_body() or b"", headers)
-            elif result is None:
-                self._send(204, b"")
-            elif isinstance(result, bytes):
-                self._send(200, result, {"Content-Type": "application/octet-stream"})
-            elif isinstance(result, str):
-                self._send(200, result.encode())
-            else:
-                self._json(200, result)
+    def _endpoint(self, head: Head) -> Work:
+        # The stable scoring URL of a local endpoint: whichever slot has the traffic now.
+        from signalbox.localhost.endpoints import proxy_invocation
 
-        # -- Event Grid ---------------------------------------------------------------------
+        if head.method != "POST":
+            raise Refusal(405, "score with POST", {"Allow": "POST"})
+        endpoint = head.path.strip("/").split("/")[1]
+        state_dir = self.host.settings.state_dir
 
-        def _event_grid(self, method: str, query: dict[str, str]) -> None:
-            name = query.get("functionName", "")
-            function = host.functions.get(name)
-            if not name:
-                raise _Reply(400, "functionName query parameter is required")
+        def score(body: bytes) -> Answer:
+            status, headers, payload = proxy_invocation(state_dir, endpoint, body, head.header("Content-Type"))
+            return Answer(status, payload, list(headers.items()))
+
+        return Work(score, MAX_HTTP_BODY)
+
+    # -- admin ----------------------------------------------------------------------------
+
+    def _admin(self, head: Head, path: str) -> Answer | Work:
+        self._require("admin", head)
+        host, method = self.host, head.method
+        if path == "/admin/functions" and method == "GET":
+            return Answer.json(200, [f.describe() for f in host.functions.values()])
+        if path == "/admin/host/status" and method == "GET":
+            return Work(lambda _body: Answer.json(200, host.status()), None, admin=True)
+        if path.startswith("/admin/functions/") and method == "POST":
+            # Core Tools' way to run a non-HTTP function by hand.
+            name = path.removeprefix("/admin/functions/")
+            function = next((f for f in host.functions.values() if f.name.lower() == name), None)
             if function is None:
-                raise _Reply(404, f"no function named {name!r}")
-            if function.trigger_type != EVENT_GRID:
-                raise _Reply(400, f"function {name!r} is a {function.trigger_type}, not an eventGridTrigger")
-            self._require("function", query, system=True)
-            if method == "OPTIONS":
-                # CloudEvents abuse protection (webhook validation handshake).
-                origin = self.headers.get("WebHook-Request-Origin")
-                if not origin:
-                    raise _Reply(400, "OPTIONS needs a WebHook-Request-Origin header (CloudEvents validation)")
-                self._send(200, b"", {"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*", "Allow": "POST"})
-                return
-            if method != "POST":
-                raise _Reply(405, "Event Grid deliveries are POSTed", {"Allow": "POST, OPTIONS"})
-            body = self._body(MAX_EVENT_GRID_BODY)
-            event_type_header = (self.headers.get("aeg-event-type") or "").lower()
-            try:
-                events = parse_delivery(body, content_type=self.headers.get("Content-Type"))
-            except InvalidEvent as exc:
-                raise _Reply(400, f"not a valid Event Grid or CloudEvents delivery: {exc}") from None
-            code = validation_code(events)
-            if code is not None or event_type_header == "subscriptionvalidation":
-                if code is None:
-                    raise _Reply(400, "SubscriptionValidation without data.validationCode")
-                log.info("Event Grid subscription validated for function %s", name)
-                self._json(200, {"validationResponse": code})
-                return
-            if event_type_header == "unsubscribe":
-                self._send(202, b"")
-                return
-            for delivered in events:
-                event = delivered.event
-                started = time.monotonic()
-                log.info(
-                    "Executing 'Functions.%s' (Reason='EventGrid trigger fired', EventId=%s, EventType=%s)",
-                    name,
-                    event.id,
-                    event.type,
+                raise Refusal(404, f"no function named {name!r}")
+            if function.trigger_type != TIMER:
+                raise Refusal(
+                    400,
+                    f"only timer functions can be run by hand here; {function.name} is a {function.trigger_type}",
                 )
-                try:
-                    invoke_event_grid(function, delivered.raw)
-                except Exception as exc:
-                    host.record(name, "Failed", time.monotonic() - started, event.id)
-                    log.error(
-                        "Executed 'Functions.%s' (Failed, EventId=%s): %s: %s\n%s",
-                        name,
-                        event.id,
-                        type(exc).__name__,
-                        exc,
-                        traceback.format_exc(limit=5),
-                    )
-                    # A 5xx makes Event Grid retry the delivery, as the real extension does.
-                    raise _Reply(500, f"function {name} failed on event {event.id}; the sender should retry") from None
-                host.record(name, "Succeeded", time.monotonic() - started, event.id)
-                log.info("Executed 'Functions.%s' (Succeeded, EventId=%s)", name, event.id)
-            self._send(200, b"")
+            runner = next(t for t in host.timers if t.function is function)
 
-        # -- local endpoints ----------------------------------------------------------------
-
-        def _endpoint(self, method: str, path: str) -> None:
-            # The stable scoring URL of a local endpoint: whichever slot has the traffic now.
-            from signalbox.localhost.endpoints import proxy_invocation
-
-            if method != "POST":
-                raise _Reply(405, "score with POST", {"Allow": "POST"})
-            endpoint = path.strip("/").split("/")[1]
-            body = self._body(MAX_HTTP_BODY)
-            status, headers, payload = proxy_invocation(
-                host.settings.state_dir, endpoint, body, self.headers.get("Content-Type")
-            )
-            self._send(status, payload, headers)
-
-        # -- admin ----------------------------------------------------------------------------
-
-        def _admin(self, method: str, path: str, query: dict[str, str]) -> None:
-            self._require("admin", query)
-            if path == "/admin/functions" and method == "GET":
-                self._json(200, [f.describe() for f in host.functions.values()])
-            elif path == "/admin/host/status" and method == "GET":
-                self._json(200, host.status())
-            elif path.startswith("/admin/functions/") and method == "POST":
-                # Core Tools' way to run a non-HTTP function by hand.
-                name = path.removeprefix("/admin/functions/")
-                function = next((f for f in host.functions.values() if f.name.lower() == name), None)
-                if function is None:
-                    raise _Reply(404, f"no function named {name!r}")
-                if function.trigger_type != TIMER:
-                    raise _Reply(
-                        400,
-                        f"only timer functions can be run by hand here; {function.name} is a {function.trigger_type}",
-                    )
-                self._body(MAX_HTTP_BODY)
-                runner = next(t for t in host.timers if t.function is function)
+            def fire(_body: bytes) -> Answer:
                 threading.Thread(target=runner.fire, daemon=True).start()
-                self._send(202, b"")
-            else:
-                raise _Reply(404, f"no admin endpoint {method} {path}")
+                return Answer(202)
 
-    return Handler
+            return Work(fire, MAX_HTTP_BODY, admin=True)
+        raise Refusal(404, f"no admin endpoint {method} {path}")
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s %(message_id)s] %(message)s"
@@ -526,7 +419,7 @@ def configure_logging(stream: Any = None, filename: Any = None) -> None:
     else:
         logging.basicConfig(stream=stream, level=logging.INFO, format=LOG_FORMAT)
     # The MLflow client and HTTP libraries are chatty at INFO; their warnings still show.
-    for noisy in ("urllib3", "mlflow", "alembic", "azure", "httpx"):
+    for noisy in ("urllib3", "mlflow", "alembic", "azure", "httpx", "uvicorn"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import select
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -311,3 +317,146 @@ def test_no_auth_serves_without_keys(tmp_path: Path):
         assert requests.get(f"{host.url}/admin/functions", timeout=5).status_code == 200
     finally:
         host.stop()
+
+
+# -- the HTTP layer: deadlines, bounded work, requests as the worker builds them ------------------------
+
+SLOW_APP = """
+import json
+import threading
+import time
+
+import azure.functions as func
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+_lock = threading.Lock()
+_running = 0
+
+
+@app.route(route="slow")
+def slow(req: func.HttpRequest) -> func.HttpResponse:
+    global _running
+    with _lock:
+        _running += 1
+        seen = _running
+    time.sleep(float(req.params["seconds"]))
+    with _lock:
+        _running -= 1
+    return func.HttpResponse(json.dumps({"running": seen}), mimetype="application/json")
+
+
+@app.route(route="echo/{name}", methods=["POST"])
+def echo(req: func.HttpRequest) -> func.HttpResponse:
+    answer = func.HttpResponse(
+        json.dumps(
+            {
+                "method": req.method,
+                "url": req.url,
+                "name": req.route_params["name"],
+                "q": req.params.get("q"),
+                "header": req.headers.get("X-Test"),
+                "json": req.get_json(),
+            }
+        ),
+        status_code=201,
+        mimetype="application/json",
+        headers={"X-Echo": "yes"},
+    )
+    answer.headers.add("Set-Cookie", "a=1; Path=/")
+    answer.headers.add("Set-Cookie", "b=2; Path=/")
+    return answer
+"""
+REQUEST_TIMEOUT = 2.0
+
+
+@pytest.fixture
+def slow_host(tmp_path: Path) -> Iterator[RunningHost]:
+    """A host over a tiny app, with host.json allowing 2 concurrent and 4 outstanding HTTP requests."""
+    root = tmp_path / "app"
+    root.mkdir()
+    (root / "slow_app.py").write_text(SLOW_APP)
+    limits = {"maxConcurrentRequests": 2, "maxOutstandingRequests": 4}
+    (root / "host.json").write_text(json.dumps({"version": "2.0", "extensions": {"http": limits}}))
+    host = start_host(
+        tmp_path / "state",
+        app="slow_app:app",
+        extra_args=("--script-root", str(root), "--request-timeout", str(REQUEST_TIMEOUT)),
+    )
+    try:
+        yield host
+    finally:
+        host.stop()
+
+
+def _trickle_headers(url: str, seconds: float) -> float | None:
+    """Send a request head one byte every 0.1 s, never finishing it; seconds until the host hung up (None: never)."""
+    parts = urlsplit(url)
+    head = b"GET /api/slow?seconds=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 10_000
+    started = time.monotonic()
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+        for byte in head:
+            if time.monotonic() - started > seconds:
+                return None
+            try:
+                sock.sendall(bytes([byte]))
+                readable, _, _ = select.select([sock], [], [], 0.1)
+                if readable and sock.recv(1) == b"":
+                    return time.monotonic() - started
+            except OSError:  # reset: the host hung up
+                return time.monotonic() - started
+    return None
+
+
+def test_clients_trickling_headers_are_dropped_and_do_not_stop_others(slow_host: RunningHost):
+    # Each byte comes well within any per-read timeout: only a deadline on the whole head ends them.
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        trickles = [pool.submit(_trickle_headers, slow_host.url, 3 * REQUEST_TIMEOUT) for _ in range(20)]
+        time.sleep(0.5)
+        while not all(t.done() for t in trickles):
+            started = time.monotonic()
+            answer = requests.get(f"{slow_host.url}/api/slow", params={"seconds": "0"}, timeout=5)
+            assert answer.status_code == 200 and time.monotonic() - started < 1.5
+            time.sleep(0.2)
+        dropped_after = [t.result() for t in trickles]
+    assert all(d is not None for d in dropped_after), f"the host never hung up on some: {dropped_after}"
+    assert all(REQUEST_TIMEOUT - 0.5 <= d <= REQUEST_TIMEOUT + 3 for d in dropped_after if d), dropped_after
+
+
+def test_concurrent_http_invocations_are_bounded_by_host_json(slow_host: RunningHost):
+    start = threading.Barrier(8)
+
+    def call() -> requests.Response:
+        start.wait()
+        return requests.get(f"{slow_host.url}/api/slow", params={"seconds": "3"}, timeout=30)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: call(), range(8)))
+    statuses = sorted(a.status_code for a in answers)
+    # 4 outstanding at most (maxOutstandingRequests): the other 4 are refused at once, as "Too Busy".
+    assert statuses == [200] * 4 + [429] * 4, [a.text for a in answers]
+    busy = next(a for a in answers if a.status_code == 429)
+    assert busy.headers["Retry-After"] and "maxOutstandingRequests" in busy.json()["message"]
+    # 2 at a time at most (maxConcurrentRequests), and really 2 side by side.
+    assert max(a.json()["running"] for a in answers if a.status_code == 200) == 2
+    assert requests.get(f"{slow_host.url}/api/slow", params={"seconds": "0"}, timeout=5).status_code == 200
+
+
+def test_http_trigger_gets_the_request_and_returns_the_response_as_the_worker_converts_them(slow_host: RunningHost):
+    answer = requests.post(
+        f"{slow_host.url}/api/echo/a%20b",
+        params={"q": "x"},
+        json={"k": [1, 2]},
+        headers={"X-Test": "t"},
+        timeout=5,
+    )
+    assert answer.status_code == 201 and answer.headers["X-Echo"] == "yes"
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.json() == {
+        "method": "POST",
+        "url": f"{slow_host.url}/api/echo/a%20b?q=x",
+        "name": "a b",
+        "q": "x",
+        "header": "t",
+        "json": {"k": [1, 2]},
+    }
+    assert answer.cookies.get("a") == "1" and answer.cookies.get("b") == "2"

@@ -177,7 +177,9 @@ def test_headers_that_never_finish_are_dropped(secure: SecureHost) -> None:
     [
         ("-1", "", 400),
         ("ten", "", 400),
-        ("99999999999999999999999", "", 413),
+        # Over any 64-bit length: not a number a server can read (Kestrel and h11 both answer 400).
+        ("99999999999999999999999", "", 400),
+        ("9223372036854775807", "", 413),
         ("", "Transfer-Encoding: chunked\r\n", 411),
     ],
 )
