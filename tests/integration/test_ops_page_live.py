@@ -149,6 +149,12 @@ def test_approve_hold_release_roll_back_and_the_history_from_the_page(
     assert stack.in_production(MODEL, second)
 
     # Roll back from the picker: it offers the version that served before, not the one serving now.
+    until(
+        browser,
+        f"v{first} surpassed on the page (a version to roll back to)",
+        lambda d: stage(d, MODEL, first) == "surpassed"
+        and model_card(d, MODEL).find_elements("css selector", "button[data-action='rollback']"),
+    )
     press(browser, "the model card", lambda d: model_card(d, MODEL), "rollback")
     until(browser, "the action dialog", dialog_open)
     options = [o.get_attribute("value") for o in browser.find_elements("css selector", "#rollback-to option")]
@@ -281,3 +287,27 @@ def test_dead_letters_panel_shows_replays_after_a_dry_run_and_purges(
     screenshot(browser, tmp_path / "ops-page-live-deadletters.png")
     assert console_errors(browser) == []
     stack.dead_letters = sum(stack.host_status()["queues"][q]["dead_letter"] for q in QUEUE_NAMES)
+
+
+def test_reject_from_the_page_unstages_the_version(
+    live: Stack,
+    browser: Any,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    stack, model = live, "lc-dup"  # manual approval in dev, no other test here touches it
+    stack.land(f"{model}/", "batch-001.csv", "small", seed=5)
+    version = stack.wait(f"a {model} version waiting for approval", lambda: _pending_version(stack, model))
+    stack.settle()
+    _open(browser, stack)
+    press(browser, f"v{version}'s approval", lambda d: pending_row(d, model, version), "reject")
+    until(browser, "the dialog", dialog_open)
+    assert browser.find_element("id", "dialog-confirm").text == f"Reject v{version}"
+    fill_dialog(browser, "Grace Ops", "trained on the wrong extract")
+    assert flash(browser, "Rejected").startswith(f"Rejected {model} v{version} (rejected) by Grace Ops")
+    until(browser, f"v{version} unstaged on the page", lambda d: stage(d, model, version) == "unstaged", STEP_TIMEOUT)
+    stack.settle()
+    tags = stack.tags(model, version)
+    assert (tags["stage"], tags["approval"], tags["approved_by"]) == ("unstaged", "rejected", "Grace Ops")
+    assert "signalbox.deployment" not in tags and stack.aliases(model) == {}
+    assert pending_row(browser, model, version) is None
+    assert console_errors(browser) == []
