@@ -390,3 +390,44 @@ def test_entry_texts_are_bounded_and_a_long_detail_is_left_out():
     assert len(fields["what"]) == history.MAX_TEXT and len(fields["who"]) == history.MAX_TEXT
     assert "detail" not in fields
     assert all(len(v.encode()) <= 5000 for v in fields.values())
+
+
+def test_the_replay_path_reports_each_replayed_dead_letter_and_nothing_on_a_dry_run():
+    from shared import deadletters
+    from tests.fakes import FakeDeadLetters
+
+    svc, _, _ = two_deployed()
+    operator.request_rollback(MODEL, None, "alice", "bad", "r1", svc)
+    (envelope,) = [e for e, _ in svc.bus.sent]
+    store = FakeDeadLetters()
+    store.dead["deploy"] = [
+        DeadLetter(
+            "deploy",
+            envelope.message_id,
+            1,
+            envelope.to_json().encode(),
+            envelope.correlation_id,
+            MODEL,
+            {},
+            "PermanentError",
+            "boom",
+            None,
+            None,
+            1,
+            0,
+        ),
+    ]
+    seen: list[tuple[str, str]] = []
+
+    def recorder(dead: DeadLetter, message) -> None:
+        seen.append((dead.message_id, message.message_id))
+        history.replayed(svc, dead, message, who="operator (admin key)")
+
+    deadletters.replay(store, store, dry_run=True, on_replayed=recorder)
+    assert seen == []
+    report = deadletters.replay(store, store, on_replayed=recorder)
+    assert [o.status for o in report.outcomes] == ["replayed"]
+    assert seen == [(envelope.message_id, report.outcomes[0].new_message_id)]
+    assert [e["what"] for e in history.read(svc, MODEL) if e["kind"] == "replay"] == [
+        "rollback replayed from the deploy dead-letter queue"
+    ]
