@@ -224,6 +224,7 @@ def screenshot(driver: Any, path: Path) -> Path:
     width = int(driver.execute_script("return document.documentElement.clientWidth"))
     height = int(driver.execute_script("return document.documentElement.scrollHeight"))
     metrics = {"width": width, "height": min(height, 8000), "deviceScaleFactor": 1, "mobile": False}
+    driver.execute_script("window.scrollTo(0, 0)")
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
     try:
         driver.save_screenshot(str(path))
@@ -685,9 +686,16 @@ def test_registry_strings_render_as_text_and_the_chart_draws_the_versions(
         "3": (0.9667, "point won"),
         "4": (0.8667, "point lost"),
     }
-    threshold = svg.find_element("css selector", "g.threshold").text
-    assert threshold == "to beat: > 0.9433 (champion v2 + 0.01)", threshold
-    assert svg.find_element("css selector", "g.guardrail").text == "guardrail ≥ 0.8000"
+
+    def label(group: str) -> tuple[str, str]:
+        found = svg.find_element("css selector", f"g.{group}")
+        return (
+            found.find_element("css selector", "text.label").text,
+            found.find_element("css selector", "text.note").text,
+        )
+
+    assert label("threshold") == ("to beat: > 0.9433", "(champion v2 + 0.01)")
+    assert label("guardrail") == ("guardrail ≥ 0.8000", "(a version beyond it loses)")
 
     # Higher values sit higher (a smaller y): the threshold line between v2 (0.9333) and v3 (0.9667).
     def cy(version: str) -> float:
@@ -877,8 +885,9 @@ def test_the_page_works_from_the_keyboard(browser: Any, stub: Stub, tmp_path: Pa
     until(
         browser,
         "the hold in the history",
-        lambda d: model_card(d, EVIL_MODEL).find_element("css selector", "ol.history li").get_attribute("data-kind")
-        == "hold",
+        lambda d: (
+            model_card(d, EVIL_MODEL).find_element("css selector", "ol.history li").get_attribute("data-kind") == "hold"
+        ),
     )
     release = active()
     assert release.get_attribute("data-action") == "release"
