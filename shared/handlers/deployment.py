@@ -74,7 +74,8 @@ def deploy_version(envelope: Envelope, svc: Services) -> Outcome:
         if stage is Stage.UNSTAGED:  # rolled back or replaced: an earlier delivery may have died before the alias
             drop_challenger(svc, model.name, version.version)
         return Outcome.SKIPPED
-    hold = domain.hold_of(svc.registry.model_tags(model.name))
+    # A hold stops deployments from starting; one already started (its readiness checks) finishes.
+    hold = None if command.candidate_slot else domain.hold_of(svc.registry.model_tags(model.name))
     if hold is not None:
         wait_for_hold(svc, envelope, model.name, version, hold)
         return Outcome.HELD

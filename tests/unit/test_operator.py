@@ -431,3 +431,18 @@ def test_the_replay_path_reports_each_replayed_dead_letter_and_nothing_on_a_dry_
     assert [e["what"] for e in history.read(svc, MODEL) if e["kind"] == "replay"] == [
         "rollback replayed from the deploy dead-letter queue"
     ]
+
+
+def test_a_deployment_already_starting_when_the_hold_comes_finishes():
+    svc = services()
+    svc.serving.slow_versions["1"] = 1  # one pending readiness check
+    train_to_version(svc, accuracy=0.7, event_id="a")
+    bus: FakeBus = svc.bus
+    handlers.evaluate(bus.take("evaluate")[0], svc)
+    handlers.promote(bus.take("promote")[0], svc)
+    assert handlers.deploy(bus.take("deploy")[0], svc) == "starting"
+    operator.hold(MODEL, "bob", "freeze", "h1", svc)
+    (check,) = bus.take("deploy")  # the scheduled readiness check of the started deployment
+    assert check.command.candidate_slot
+    assert handlers.deploy(check, svc) == "deployed"  # finished: never a half-started entity left behind
+    assert stages(svc) == {"1": "production"} and len(svc.serving.running) == 1
