@@ -1,11 +1,15 @@
-"""The ops page: every model's lifecycle, the queues and the approvals waiting, on one page.
+"""The ops page: every model's lifecycle and history, the queues, the approvals and the dead letters, on one page.
 
-``GET /api/ops?code=<admin key>`` answers one self-contained HTML page (inline CSS and
-vanilla JS, nothing loaded from elsewhere) that reads ``GET /api/ops/overview`` every few
-seconds and posts approvals to ``POST /api/approvals/{model}/{version}/{approve|reject}``
-with the same key. Registry strings (model names, tags, decision records) are user data:
-the page only ever puts them into the DOM as text (``textContent``, never HTML), and a
-Content-Security-Policy with a per-response nonce refuses any script or style it did not send.
+``GET /api/ops?code=<admin key>`` answers one self-contained HTML page (inline CSS, inline SVG
+drawn by vanilla JS, nothing loaded from elsewhere) that reads ``GET /api/ops/overview``,
+``GET /api/history/{model}?since=7d`` and ``GET /api/ops/deadletters[/{id}]`` every few seconds,
+and acts with the same key: ``POST /api/approvals/{model}/{version}/{approve|reject}``,
+``POST /api/models/{model}/{rollback|hold|release}`` (one request id per dialog, so a double
+submit is one action) and ``POST /api/ops/deadletters/{replay|purge}`` (a dry run first).
+Every action asks for a name and a reason in a dialog and shows its outcome. Registry strings
+(model names, tags, decision records, history, dead letters) are user data: the page only ever
+puts them into the DOM as text (``textContent``, never HTML), and a Content-Security-Policy with
+a per-response nonce refuses any script or style it did not send.
 
 The page is ``functions/ops_page.html`` (package data: it ships in the function app folder and
 in the wheel), read once through ``importlib.resources``; ``__NONCE__`` and ``__REFRESH__``
