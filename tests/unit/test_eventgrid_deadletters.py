@@ -694,3 +694,53 @@ def test_the_cli_works_directly_on_the_local_folder(tmp_path, store, function_ap
     assert "no Event Grid dead letters" in capsys.readouterr().out
 
     assert run_cli(["dlq", "list", *common, "--correlation-id", "x"]) == 2
+
+
+# -- infra: the setting names the container the subscriptions dead-letter to, and the identity may use it ----
+
+
+def test_infra_points_the_setting_at_the_dead_letter_container_the_identity_owns():
+    from tests.unit import test_infra as infra
+
+    value = infra.app_settings()["SIGNALBOX_EVENTGRID_DEADLETTER_CONTAINER_URL"]
+    # https://<account>.blob.core.windows.net/ + the dead-letter container, both of functionapp.bicep.
+    assert value == "${storage.properties.primaryEndpoints.blob}${deadLetter.name}"
+    resources = infra.bicep(infra.module_file("functionapp"))["resources"]
+    assert resources["deadLetter"]["type"] == "Microsoft.Storage/storageAccounts/blobServices/containers"
+    assert infra.unwrap(resources["deadLetter"]["config"])["name"] == "deadLetterContainer"
+    # Every subscription dead-letters there ...
+    subscriptions = infra.module_file("subscriptions")
+    assert infra.path_of(infra.passed(subscriptions, "deadLetterStorageAccountName")) == [
+        "functionApp",
+        "outputs",
+        "storageAccountName",
+    ]
+    assert infra.path_of(infra.passed(subscriptions, "deadLetterContainer")) == [
+        "functionApp",
+        "outputs",
+        "deadLetterContainer",
+    ]
+    workspace = infra.module_file("workspace")
+    assert infra.path_of(infra.passed(workspace, "deadLetterContainer")) == [
+        "functionApp",
+        "outputs",
+        "deadLetterContainer",
+    ]
+    # ... and the identity holds Storage Blob Data Owner on that account (list, read, lease, write, delete).
+    roles = infra.bicep(infra.module_file("roles"))
+    owners = [
+        infra.unwrap(r["config"])
+        for r in infra.resources(roles, "Microsoft.Authorization/roleAssignments").values()
+        if infra.path_of(
+            infra.unwrap(r["config"])["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
+        )
+        == ["roles", "storageBlobDataOwner"]
+    ]
+    assert len(owners) == 1
+    scope = roles["resources"][owners[0]["scope"]]
+    storage_param = infra.unwrap(scope["config"])["name"]
+    assert infra.path_of(infra.passed(infra.module_file("roles"), storage_param)) == [
+        "functionApp",
+        "outputs",
+        "storageAccountName",
+    ]
