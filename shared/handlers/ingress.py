@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from shared import domain, events
@@ -67,19 +67,29 @@ def land_blob(blob: BlobCreated, svc: Services) -> Outcome:
 
 
 def new_version(
-    model_name: str, version: str, source: str, svc: Services, *, environment: str | None = None
+    model_name: str,
+    version: str,
+    source: str,
+    svc: Services,
+    *,
+    environment: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> Outcome:
-    """A new registered version (webhook or Event Grid) → evaluate it, once per version."""
+    """A new registered version (webhook, Event Grid, a sweep) → evaluate it, once per version.
+
+    ``tags``: the version's tags when the caller has read them already (a sweep), else they are read.
+    """
     model = known_model(svc, model_name)
     if model is None or model.kind != "trained":
         return Outcome.IGNORED
     command = EvaluateVersion(model_name=model_name, version=version, source=source)
     # The cause is the version itself, so every announcement of it maps to one message id; and
     # the lifecycle (environment, correlation) is the one the training job tagged on the version.
-    try:
-        tags = svc.registry.get_version(model_name, version).tags
-    except LookupError:
-        tags = {}
+    if tags is None:
+        try:
+            tags = svc.registry.get_version(model_name, version).tags
+        except LookupError:
+            tags = {}
     envelope = start(
         svc, command, cause=f"version:{model_name}:{version}", environment=environment or tags.get(domain.ENVIRONMENT)
     )

@@ -188,7 +188,7 @@ def sweep_registry(
             else:
                 counts["versions_sent"] += 1
                 if not dry_run:
-                    new_version(model.name, version.version, "reconcile", svc)
+                    new_version(model.name, version.version, "reconcile", svc, tags=version.tags)
             if not blocked:
                 newest = max(newest, _number(version.version))
         if len(found) < PAGE:

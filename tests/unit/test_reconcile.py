@@ -191,8 +191,8 @@ def test_registry_calls_follow_the_new_versions_not_the_history(history: int) ->
     report = reconcile(MODEL, svc, sweeps=("registry",))
     assert report.counts["registry"]["versions_sent"] == 10
     assert sorted(e.command.version for e, _ in svc.bus.sent) == sorted(new)
-    # One read of the model's tags, one search, one read per version sent (new_version's), one watermark write.
-    assert counting.calls == Counter(model_tags=1, versions_after=1, get_version=10, set_model_tag=1)
+    # One read of the model's tags, one search (the versions with their tags), one watermark write.
+    assert counting.calls == Counter(model_tags=1, versions_after=1, set_model_tag=1)
 
 
 def test_more_new_versions_than_a_page_are_read_a_page_at_a_time() -> None:
@@ -369,18 +369,18 @@ def test_the_timer_reads_its_schedule_from_the_app_setting_when_there_is_one(
 
 
 def test_a_failing_sweep_leaves_the_others_to_run_and_is_reported() -> None:
-    from shared.errors import TransientError
+    from shared.errors import PermanentError, TransientError
 
     svc = services()
     version = register(svc)
 
     class BrokenLanding:
         def list_since(self, *args: object) -> list[object]:
-            raise OSError("the landing container cannot be listed")
+            raise PermanentError("403: the identity may not list the landing container")
 
     svc.landing = BrokenLanding()  # type: ignore[assignment]
     report = reconcile(MODEL, svc)
-    assert report.failed == {"landing": "OSError: the landing container cannot be listed"}
+    assert report.failed == {"landing": "PermanentError: 403: the identity may not list the landing container"}
     assert [e.command.version for e, _ in svc.bus.sent] == [version]
     ((_, data),) = [(s, d) for t, s, d in svc.events.published if t == "Reconciled"]
     assert data["failed"] == report.failed and data["registry"]["versions_sent"] == 1
@@ -396,3 +396,11 @@ def test_a_failing_sweep_leaves_the_others_to_run_and_is_reported() -> None:
         handlers.PIPELINE[queues.PROMOTE](envelope, svc)
     last = [d for t, _, d in svc.events.published if t == "Reconciled"][-1]
     assert last["failed"] == {"landing": "TransientError: 429 from storage"} and "registry" in last
+
+
+def test_the_sweeps_evaluation_joins_the_lifecycle_the_training_job_tagged_on_the_version() -> None:
+    svc = services()
+    register(svc, **{domain.CORRELATION_ID: "corr-from-training", domain.ENVIRONMENT: "staging"})
+    reconcile(MODEL, svc, sweeps=("registry",))
+    ((evaluate, _),) = svc.bus.sent
+    assert evaluate.correlation_id == "corr-from-training" and evaluate.environment == "staging"
