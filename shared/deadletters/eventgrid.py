@@ -287,7 +287,11 @@ class EventGridDeadLetterStore(Protocol):
         ...
 
     def replay_counts(self) -> dict[str, int]:
-        """Every replay count kept, by :attr:`EventGridDeadLetter.key`."""
+        """Every replay count kept, by :attr:`EventGridDeadLetter.key` (one listing)."""
+        ...
+
+    def replay_count(self, key: str) -> int:
+        """One replay count (0 when none is kept)."""
         ...
 
     def set_replay_count(self, key: str, count: int) -> None:
@@ -498,15 +502,24 @@ def _settle(
         return [_outcome(d, "skipped", detail) for d in wanted]
     outcomes: list[EventGridOutcome] = []
     try:
-        data = store.read(blob)
-        current = parse_blob(blob, data, replay_counts=store.replay_counts()) if data is not None else []
-        raw = json.loads(data) if data is not None else []
+        try:
+            data = store.read(blob)
+            current = parse_blob(blob, data) if data is not None else []
+            raw = json.loads(data) if data is not None else []
+        except Exception as exc:  # rewritten meanwhile into something that is no dead letter, or unreadable
+            return [_outcome(d, "failed", f"could not read the dead-letter blob again: {_error(exc)}") for d in wanted]
         items = raw if isinstance(raw, list) else [raw]
         removed: set[int] = set()
         for dead in wanted:
             now = next((c for c in current if c.index == dead.index and c.event_id == dead.event_id), None)
             if now is None:
                 outcomes.append(_outcome(dead, "skipped", "no longer in its dead-letter blob"))
+                continue
+            try:
+                # Read again under the lease: another run may have replayed it since the listing.
+                now = _with_count(now, store.replay_count(now.key))
+            except Exception as exc:
+                outcomes.append(_outcome(dead, "failed", f"could not read its replay count: {_error(exc)}"))
                 continue
             outcome = act(now)
             if outcome.status == done_status:

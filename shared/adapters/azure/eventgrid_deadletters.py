@@ -6,7 +6,8 @@ Owner on that account (``infra/modules/roles.bicep``), which covers list, read, 
 delete. A run leases a blob (60 s, renewed by nothing: one blob's events are delivered well within
 it) before it replays or purges its events; the rewrite and the delete carry the lease, so a run
 whose lease lapsed fails instead of clobbering another's work. The replay counts are small blobs
-under ``signalbox-replays/<SUBSCRIPTION>/<event id>.json`` in the same container.
+``signalbox-replays/<function>/<event id>.json`` in the same container, the count in their metadata
+(``replaycount``) so one listing reads them all.
 
 Errors: the SDK's ``HttpResponseError`` becomes ``TransientError`` (the operation reports the
 dead letter as failed and it stays in place); a blob that is gone is ``None`` / skipped.
@@ -125,32 +126,46 @@ class BlobEventGridDeadLetters:
         except HttpResponseError as exc:
             _raise(exc, f"releasing the lease on {name}")
 
+    @staticmethod
+    def _count_name(key: str) -> str:
+        owner, _, event_id = key.partition("/")
+        return f"{REPLAYS_PREFIX}{owner}/{quote(event_id, safe='')}.json"
+
+    @staticmethod
+    def _count_of(metadata: Any) -> int:
+        value = str((metadata or {}).get("replaycount", "0"))
+        return int(value) if value.isdigit() else 0
+
     def replay_counts(self) -> dict[str, int]:
-        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+        from azure.core.exceptions import HttpResponseError
 
         out: dict[str, int] = {}
         try:
-            for blob in self._container.list_blobs(name_starts_with=REPLAYS_PREFIX):
-                try:
-                    entry = json.loads(self._container.download_blob(blob.name).readall())
-                    out[str(entry["key"])] = int(entry["replay_count"])
-                except ResourceNotFoundError:
-                    continue
-                except (ValueError, KeyError, TypeError):
-                    # A count blob someone else wrote: its name still says whose count it is.
-                    subscription, _, file = blob.name[len(REPLAYS_PREFIX) :].partition("/")
-                    out.setdefault(f"{subscription}/{unquote(file.removesuffix('.json'))}", 0)
+            for blob in self._container.list_blobs(name_starts_with=REPLAYS_PREFIX, include=["metadata"]):
+                owner, _, file = blob.name[len(REPLAYS_PREFIX) :].partition("/")
+                out[f"{owner}/{unquote(file.removesuffix('.json'))}"] = self._count_of(blob.metadata)
         except HttpResponseError as exc:
             _raise(exc, "reading the replay counts")
         return out
 
+    def replay_count(self, key: str) -> int:
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        try:
+            return self._count_of(self._container.get_blob_client(self._count_name(key)).get_blob_properties().metadata)
+        except ResourceNotFoundError:
+            return 0
+        except HttpResponseError as exc:
+            _raise(exc, f"reading the replay count of {key}")
+
     def set_replay_count(self, key: str, count: int) -> None:
         from azure.core.exceptions import HttpResponseError
 
-        subscription, _, event_id = key.partition("/")
-        name = f"{REPLAYS_PREFIX}{subscription}/{quote(event_id, safe='')}.json"
+        name = self._count_name(key)
         entry = {"key": key, "replay_count": count, "at": datetime.now(UTC).isoformat()}
         try:
-            self._container.upload_blob(name, json.dumps(entry).encode(), overwrite=True)
+            self._container.upload_blob(
+                name, json.dumps(entry).encode(), overwrite=True, metadata={"replaycount": str(count)}
+            )
         except HttpResponseError as exc:
             _raise(exc, f"writing the replay count {name}")

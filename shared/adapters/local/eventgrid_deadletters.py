@@ -135,6 +135,12 @@ class LocalEventGridDeadLetters:
                 out[str(entry["key"])] = int(entry["replay_count"])
         return out
 
+    def replay_count(self, key: str) -> int:
+        try:
+            return int(json.loads(self._count_path(key).read_text(encoding="utf-8"))["replay_count"])
+        except FileNotFoundError:
+            return 0
+
     def set_replay_count(self, key: str, count: int) -> None:
         entry = {"key": key, "replay_count": count, "at": datetime.now(UTC).isoformat()}
         _write_atomically(self._count_path(key), json.dumps(entry).encode())
