@@ -437,6 +437,7 @@ class Stub:
             ]
             if self.v3 == ("staged", "pending")
             else [],
+            "eventgrid_dead_letters": 2,
             "queues": {
                 "train": {"active": 2, "scheduled": 0, "locked": 1, "dead_letter": 1},
                 "deploy": {"active": 0, "scheduled": 0, "locked": 0, "dead_letter": 3},
@@ -712,6 +713,8 @@ def test_registry_strings_render_as_text_and_the_chart_draws_the_versions(
         for e in card.find_elements("css selector", "ol.history li")
     ]
     assert kinds == [("deployment", "2"), ("deployment", "1")]
+    notice = browser.find_element("css selector", "#eventgrid-deadletters .notice").text
+    assert notice.startswith("Event Grid gave up on 2 events (kept in its dead-letter container)"), notice
     # The dead letters: queue, reason, error, age, model (from the message), correlation id.
     cells = [c.text for c in dead_row(browser, "m-dead-1").find_elements("css selector", "td")][:6]
     assert cells[:3] == ["deploy", "DeploymentFailed", EVIL] and cells[4:] == [EVIL_MODEL, "corr-dead-1"]
