@@ -44,8 +44,10 @@ if TYPE_CHECKING:
 WATERMARK = "signalbox.reconciled.landing"  # model tag: last_modified (ISO 8601) of the newest file swept
 OVERLAP = timedelta(seconds=5)  # resume this much before the watermark (storage times: 1 s resolution)
 MARGIN = timedelta(hours=1)  # files this close to the end of the duplicate window are checked in the registry
-GRACE = timedelta(seconds=30)
-PAGE = 500
+GRACE = timedelta(seconds=30)  # files written this recently wait for the next sweep (a local copy may be under way)
+# Files per listing: a listing reads every blob of the partitions it enters whatever the page, so a
+# burst is best taken in one call (List Blobs' own page is 5,000).
+PAGE = 5000
 
 COUNTS = ("files_listed", "files_new", "files_sent", "files_trained", "files_empty", "files_waiting", "files_overlap")
 
