@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -228,6 +229,9 @@ def start_embedded(settings: HostSettings) -> Embedded:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow.url
         # Before the host takes work: a killed host's routed servers keep serving, its cut-short ones stop.
         recover_endpoints(state)
+        # Imported here, before the pumps start: after a crash work is waiting at once, and a first import
+        # of mlflow (and requests) racing between this thread and a handler's fails as partially initialised.
+        importlib.import_module("mlflow")
         host = LocalHost(settings)
         os.environ["SIGNALBOX_HOST_URL"] = host.base_url
         host.start()

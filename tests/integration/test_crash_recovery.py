@@ -35,7 +35,7 @@ from signalbox.examples.iris.data import FEATURES
 from signalbox.localhost.process import HostProcess
 from signalbox.mlflow_server import RECORD_FILE, MlflowServer, MlflowServerError
 from tests.hosting import REPO, wait_for
-from tests.integration.test_lifecycle import CATALOGUE, Stack, _clean_env, _ours, _stop
+from tests.integration.test_lifecycle import CATALOGUE, STEP_TIMEOUT, Stack, _clean_env, _ours, _stop
 
 pytestmark = pytest.mark.integration
 
@@ -230,6 +230,24 @@ def test_a_restarted_host_adopts_routed_servers_and_stops_what_a_dead_owner_left
             proc.wait(timeout=10)
 
 
+# -- training jobs ---------------------------------------------------------------------------------
+
+
+def test_a_job_gets_mlflow_s_own_retry_budget_to_ride_out_a_host_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.adapters.local.compute import LocalCompute
+    from shared.adapters.mlflow.client import HTTP_DEFAULTS
+
+    for name, value in HTTP_DEFAULTS.items():
+        monkeypatch.setenv(name, value)  # as the host's bound_http_defaults() leaves them
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")  # an app setting of the user's: it stays
+    env = LocalCompute(tmp_path, "http://127.0.0.1:5000", extra_env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "9"})._env()
+    assert "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR" not in env, "the host's bound is not passed on to jobs"
+    assert env["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
+    assert env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "9", "the job's own settings win"
+
+
 # -- the whole embedded default, killed mid-deploy ------------------------------------------------
 
 
@@ -246,22 +264,9 @@ def _launch(host: HostProcess) -> str:
         raise
 
 
-def _deploying(stack: Stack, endpoint: str, version: str) -> dict[str, Any] | None:
-    """The slot record of ``version`` once its scoring server was started, before it takes traffic."""
-    for path in (stack.state / "endpoints" / endpoint).glob("*.json"):
-        if path.name == "route.json":
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            record = json.loads(path.read_text())
-            if str(record.get("version")) == version and stack.route(endpoint).get("version") != version:
-                return dict(record)
-    return None
-
-
-def test_kill_9_mid_deploy_reaches_production_within_90_s_of_the_restart_and_leaves_no_process(
-    tmp_path: Path,
-) -> None:
-    model = endpoint = "lc-main"
+@contextlib.contextmanager
+def _embedded(tmp_path: Path) -> Iterator[tuple[HostProcess, Stack]]:
+    """``signalbox host --with-mlflow`` on a fresh state dir; after it, the host stops everything on SIGTERM."""
     state = tmp_path / "state"
     state.mkdir()
     host = HostProcess(
@@ -274,58 +279,127 @@ def test_kill_9_mid_deploy_reaches_production_within_90_s_of_the_restart_and_lea
     mlflow_url = _launch(host)
     stack = Stack(process=host.process, url=host.url, state=state, log_path=host.log_path, mlflow_url=mlflow_url)
     try:
-        stack.land(f"{model}/", "batch-001.csv", "small", seed=1)
-        stack.wait(f"{model} v1 in production", lambda: stack.in_production(model, "1"))
-        stack.land(f"{model}/", "batch-002.csv", "full", seed=2)
-        candidate = stack.wait("v2's scoring server to start", lambda: _deploying(stack, endpoint, "2"))
-
-        # The moment: v2's server is starting, the deploy command is locked by the host.
-        assert stack.host_status()["queues"]["deploy"]["locked"] == 1
-        killed = host.process.pid
-        victims = _tree(killed)
-        [mlflow_server] = [p for p in victims if "mlflow server" in " ".join(p.cmdline())]
-        mlflow_then = [mlflow_server, *_tree(mlflow_server.pid)]  # with its uvicorn
-        assert candidate["pid"] in {p.pid for p in victims}
-        v1_url = stack.route(endpoint)["url"]
-        host.kill()
-
-        # Its MLflow server ends with it; the endpoint's routed server keeps answering on its own.
-        wait_for(
-            lambda: not any(_live(p) for p in mlflow_then), timeout=20, what="the killed host's MLflow server to end"
-        )
-        frame = {"dataframe_split": {"columns": list(FEATURES), "data": [[5.1, 3.5, 1.4, 0.2]]}}
-        assert requests.post(f"{v1_url}/invocations", json=frame, timeout=30).status_code == 200
-
-        restarted = time.monotonic()
-        stack.mlflow_url = _launch(host)
-        stack.process, stack.log_path = host.process, host.log_path
-        stack.__dict__.pop("mlflow", None)  # the cached client
-        assert stack.mlflow_url == mlflow_url, "MLflow is back on its port: running jobs keep their URL"
-        new_host = host.process.pid
-
-        # One MLflow server on the store, recorded as the new host's; every slot record is the new host's.
-        mlflow_record = json.loads((state / RECORD_FILE).read_text())
-        assert mlflow_record["owner_pid"] == new_host
-        servers = [pid for pid, argv in _ours(state).items() if "mlflow server" in argv]
-        assert servers == [mlflow_record["pid"]], _ours(state)
-        for slot in (state / "endpoints" / endpoint).glob("*.json"):
-            if slot.name != "route.json":
-                assert json.loads(slot.read_text())["owner_pid"] == new_host, slot.name
-
-        stack.wait(f"{model} v2 in production", lambda: stack.in_production(model, "2"), timeout=RECOVERY_SECONDS)
-        took = time.monotonic() - restarted
-        print(f"\nproduction {took:.1f} s after the restart", file=sys.stderr)
-        assert took <= RECOVERY_SECONDS
-        stack.settle()
-        stack.assert_serves(model, endpoint, "2")
-        assert stack.record(model, "2", "signalbox.deployment")["status"] == "deployed"
-
-        # Nothing of the killed host is left: its MLflow server died with it, its v2 candidate was
-        # stopped at the restart, its v1 server was adopted and then replaced by v2.
-        wait_for(lambda: not any(_live(p) for p in victims), timeout=20, what="the killed host's processes to end")
+        yield host, stack
     finally:
         not_stopped, ended = _stop(stack)
         left = _ours(state)
     assert not left, f"processes still running after the teardown: {left}"
     assert not not_stopped, f"the host did not stop these on SIGTERM: {not_stopped}"
     assert not ended, f"the teardown had to end these: {ended}"
+
+
+def _kill_and_restart(host: HostProcess, stack: Stack) -> tuple[list[psutil.Process], float]:
+    """``kill -9`` the host, check its MLflow server ends with it, start it again on the same state dir.
+
+    Returns the killed host's processes as they were and when the restart began. After the restart:
+    one MLflow server on the store, on its old port, recorded as the new host's, and every scoring
+    server record names the new host as its owner.
+    """
+    victims = _tree(host.process.pid)
+    [mlflow_server] = [p for p in victims if "mlflow server" in " ".join(p.cmdline())]
+    mlflow_then = [mlflow_server, *_tree(mlflow_server.pid)]  # with its uvicorn
+    host.kill()
+    wait_for(lambda: not any(_live(p) for p in mlflow_then), timeout=20, what="its MLflow server to end")
+
+    restarted = time.monotonic()
+    mlflow_url = _launch(host)
+    stack.process, stack.log_path = host.process, host.log_path
+    stack.__dict__.pop("mlflow", None)  # the cached client
+    assert mlflow_url == stack.mlflow_url, "MLflow is back on its port: running jobs keep their URL"
+    new_host = host.process.pid
+    record = json.loads((stack.state / RECORD_FILE).read_text())
+    assert record["owner_pid"] == new_host
+    servers = [pid for pid, argv in _ours(stack.state).items() if "mlflow server" in argv]
+    assert servers == [record["pid"]], _ours(stack.state)
+    for slot in (stack.state / "endpoints").glob("*/*.json"):
+        if slot.name != "route.json":
+            assert json.loads(slot.read_text())["owner_pid"] == new_host, slot
+    return victims, restarted
+
+
+def _recovered(
+    stack: Stack, model: str, version: str, restarted: float, victims: list[psutil.Process], within: float
+) -> None:
+    """``version`` reaches production within ``within`` seconds of the restart; nothing of the killed host is left."""
+    stack.wait(f"{model} v{version} in production", lambda: stack.in_production(model, version), within)
+    took = time.monotonic() - restarted
+    print(f"\n{model} v{version} in production {took:.1f} s after the restart", file=sys.stderr)
+    assert took <= within
+    stack.settle()
+    stack.assert_serves(model, model, version)
+    wait_for(lambda: not any(_live(p) for p in victims), timeout=20, what="the killed host's processes to end")
+    recovery = [line for line in stack.log(400).splitlines() if "recovered" in line or "DeliveryCount=2" in line]
+    print("\n".join(recovery), file=sys.stderr)
+
+
+def _group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _deploying(stack: Stack, endpoint: str, version: str) -> dict[str, Any] | None:
+    """The slot record of ``version`` once its scoring server was started, before it takes traffic."""
+    for path in (stack.state / "endpoints" / endpoint).glob("*.json"):
+        if path.name == "route.json":
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(path.read_text())
+            if str(record.get("version")) == version and stack.route(endpoint).get("version") != version:
+                return dict(record)
+    return None
+
+
+def _training(stack: Stack) -> dict[str, Any] | None:
+    """The record of a local training job that has started and not ended yet."""
+    for path in (stack.state / "jobs").glob("*/job.json"):
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(path.read_text())
+            if record.get("pid") and not (path.parent / "exit_code").exists():
+                return dict(record)
+    return None
+
+
+def test_kill_9_mid_deploy_reaches_production_within_90_s_of_the_restart_and_leaves_no_process(
+    tmp_path: Path,
+) -> None:
+    model = endpoint = "lc-main"
+    with _embedded(tmp_path) as (host, stack):
+        stack.land(f"{model}/", "batch-001.csv", "small", seed=1)
+        stack.wait(f"{model} v1 in production", lambda: stack.in_production(model, "1"))
+        stack.land(f"{model}/", "batch-002.csv", "full", seed=2)
+        candidate = stack.wait("v2's scoring server to start", lambda: _deploying(stack, endpoint, "2"))
+        # The moment: v2's server is starting and the host holds the deploy command's lock.
+        assert stack.host_status()["queues"]["deploy"]["locked"] == 1
+        assert candidate["owner_pid"] == host.process.pid
+        v1_url = stack.route(endpoint)["url"]
+
+        victims, restarted = _kill_and_restart(host, stack)
+
+        assert candidate["pid"] in {p.pid for p in victims}
+        # The routed v1 server outlived the kill on purpose, was adopted, and kept serving.
+        frame = {"dataframe_split": {"columns": list(FEATURES), "data": [[5.1, 3.5, 1.4, 0.2]]}}
+        assert requests.post(f"{v1_url}/invocations", json=frame, timeout=30).status_code == 200
+        # Nothing of the killed host is left at the end: its MLflow server died with it, its v2 candidate
+        # was stopped at the restart, and its v1 server, adopted, was replaced by v2.
+        _recovered(stack, model, "2", restarted, victims, RECOVERY_SECONDS)
+        assert stack.record(model, "2", "signalbox.deployment")["status"] == "deployed"
+
+
+def test_kill_9_mid_training_the_job_runs_on_and_the_restarted_host_polls_it_to_production(tmp_path: Path) -> None:
+    model = "lc-main"
+    with _embedded(tmp_path) as (host, stack):
+        stack.land(f"{model}/", "batch-001.csv", "small", seed=1)
+        job = stack.wait("the training job to start", lambda: _training(stack))
+
+        victims, restarted = _kill_and_restart(host, stack)
+
+        # The job is the one process of the killed host kept on purpose: it records its end in files
+        # (jobs/<run>/exit_code, result.json) that the restarted host's polls read, and it reaches
+        # MLflow again on the port the new server took back.
+        others = [p.pid for p in victims if _live(p) and _group(p.pid) != job["pid"]]
+        assert not others, f"left running besides the job (the group its wrapper leads): {others}"
+        # The rest of the training, its evaluation and a first deployment still lie ahead: a wider bound.
+        _recovered(stack, model, "1", restarted, victims, STEP_TIMEOUT)
+        assert (stack.state / "jobs" / job["run_id"] / "exit_code").read_text().strip() == "0"

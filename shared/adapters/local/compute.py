@@ -177,7 +177,13 @@ class LocalCompute:
         return jobdir
 
     def _env(self) -> dict[str, str]:
-        env = {**os.environ, **self._extra_env}
+        from shared.adapters.mlflow.client import HTTP_DEFAULTS
+
+        # The host bounds its MLflow calls to fit inside a lock (HTTP_DEFAULTS). A job outlives the host
+        # that launched it and must ride out a host restart (the embedded MLflow server comes back on the
+        # same port), so it gets MLflow's own retry budget (7 retries, backoff factor 2: minutes).
+        inherited = {k: v for k, v in os.environ.items() if HTTP_DEFAULTS.get(k) != v}
+        env = {**inherited, **self._extra_env}
         paths = [str(_CODE_ROOT), self._extra_env.get("PYTHONPATH", ""), os.environ.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
         env["MLFLOW_TRACKING_URI"] = self._tracking_uri
