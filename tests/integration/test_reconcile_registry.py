@@ -96,7 +96,6 @@ def test_versions_registered_while_mlflow_was_down_each_get_one_decision_through
         # The sweeps run when the test fires them (a yearly schedule: never during the test).
         "SIGNALBOX_RECONCILE_SCHEDULE": "0 0 0 1 1 *",
     }
-    (state / "landing" / "landing").mkdir(parents=True)  # the landing container (the landing sweep lists it)
     host = HostProcess(state, args=("--with-mlflow",), env=env, log_dir=tmp_path, new_session=True)
     stack = _start(host, state)
     try:
