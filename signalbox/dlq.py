@@ -82,7 +82,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _filters(parser: argparse.ArgumentParser, *, queue_help: str) -> None:
-    parser.add_argument("queue", nargs="?", help=queue_help)
+    parser.add_argument("queue", nargs="?", help=f"{queue_help}; --source eventgrid: a function (or subscription)")
     parser.add_argument("--reason", help="dead-letter reason, e.g. MaxDeliveryCountExceeded (case-insensitive)")
     parser.add_argument("--since", help="dead-lettered at or after: 2026-11-23T10:00:00Z, or an age: 15m, 2h, 1d")
     parser.add_argument("--message-id", "--event-id", help="this message id (or replays of it); eventgrid: event id")
