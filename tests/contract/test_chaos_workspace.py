@@ -520,3 +520,100 @@ def test_the_command_line_serves_until_terminated():
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
+
+
+# -- the run's loss faults: the webhook relay and Event Grid's dead letters --------------------------
+
+
+class _Host:
+    """A stand-in for the host the relay forwards to: records what reaches it, answers ``status``."""
+
+    def __init__(self, status: int = 200) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.received: list[tuple[str, dict[str, str], bytes]] = []
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                host.received.append((self.path, dict(self.headers.items()), body))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _webhook(version: str) -> bytes:
+    import json
+
+    body = {"entity": "model_version", "action": "created", "timestamp": "2026-12-06T05:00:00Z"}
+    return json.dumps({**body, "data": {"name": MODEL, "version": version}}).encode()
+
+
+def test_the_relay_forwards_a_webhook_unchanged_or_drops_it_for_good() -> None:
+    from signalbox.chaos.run import WebhookRelay
+
+    host = _Host(status=200)
+    signed = {"X-MLflow-Signature": "v1,abc", "X-MLflow-Delivery-Id": "d-1", "X-MLflow-Timestamp": "1765000000"}
+    keep, lose = WebhookRelay(host, 0.0, seed=1), WebhookRelay(host, 1.0, seed=1)  # type: ignore[arg-type]
+    for relay in (keep, lose):
+        relay.start()
+    try:
+        answer = requests.post(keep.url, data=_webhook("3"), headers=signed, timeout=10)
+        assert answer.status_code == 200
+        [(path, headers, body)] = host.received
+        assert path == "/api/webhooks/mlflow" and body == _webhook("3")  # the signed bytes, as MLflow sent them
+        assert {k: headers[k] for k in signed} == signed
+        assert keep.forwarded == {(MODEL, "3")} and not keep.dropped
+
+        # Dropped: answered 200, so MLflow does not retry; nothing reaches the host, every time.
+        for _ in range(2):
+            assert requests.post(lose.url, data=_webhook("4"), headers=signed, timeout=10).status_code == 200
+        assert len(host.received) == 1
+        assert lose.dropped == {(MODEL, "4")} and not lose.forwarded
+    finally:
+        for relay in (keep, lose):
+            relay.stop()
+        host.close()
+    # The host is gone: the relay answers 502, so MLflow retries as it would against a dead host.
+    down = WebhookRelay(host, 0.0, seed=1)  # type: ignore[arg-type]
+    down.start()
+    try:
+        assert requests.post(down.url, data=_webhook("5"), headers=signed, timeout=30).status_code == 502
+        assert not down.forwarded
+    finally:
+        down.stop()
+
+
+def test_a_lifecycle_dead_lettered_by_event_grid_is_what_signalbox_dlq_reads(tmp_path: Path) -> None:
+    from shared.adapters.local.eventgrid_deadletters import local_eventgrid_dead_letters
+    from shared.deadletters.eventgrid import parse_blob
+    from signalbox.chaos.run import DEAD_LETTERED, LOST, EventGrid, Lifecycle
+
+    grid = EventGrid(None, tmp_path)  # type: ignore[arg-type]
+    landing = tmp_path / "landing" / "landing"
+    dead = Lifecycle(0, MODEL, 50, landing / MODEL / "a.csv", f"{MODEL}/a.csv", fate=DEAD_LETTERED)
+    lost = Lifecycle(1, MODEL, 50, landing / MODEL / "b.csv", f"{MODEL}/b.csv", fate=LOST)
+    for lifecycle in (dead, lost):
+        grid.lose(lifecycle, time.monotonic())
+        assert lifecycle.path.exists() and lifecycle.landed_at is not None  # the file landed either way
+    store = local_eventgrid_dead_letters(tmp_path)
+    [blob] = list(store.blobs())
+    data = store.read(blob.name)
+    assert data is not None
+    [letter] = parse_blob(blob.name, data)
+    assert letter.function == "landing_events" and letter.reason == "MaxDeliveryAttemptsExceeded"
+    assert letter.event == dead.event and letter.event_type == "Microsoft.Storage.BlobCreated"
+    assert grid.dead_lettered == 1
+    grid.pool.shutdown()
