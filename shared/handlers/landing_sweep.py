@@ -19,7 +19,9 @@ The record of "already trained", O(new files):
   as ``signalbox.data_uri`` (the training job tags its run and version), one registry search each.
 
 A model never swept starts one duplicate-detection window back: older files are not retrained,
-since nothing could prove they were not already (a first sweep never floods the train queue).
+since nothing could prove they were not already (a first sweep never floods the train queue); and
+it looks every file of that day up in the registry, since a training sent before the sweeps
+existed (under another cause) is not in duplicate detection under this one.
 Files written less than ``grace`` ago wait for the next sweep (a local file may still be copied).
 Empty files are counted and left, as ``land_blob`` refuses them. Safe to repeat and to run
 concurrently: every command it sends has the same id whoever sends it.
@@ -122,7 +124,9 @@ def _command(
         if landed.size == 0:
             counts["files_empty"] += 1
             return None
-        if landed.last_modified < fresh and svc.registry.versions_with_tag(model.name, domain.DATA_URI, landed.uri):
+        # A first sweep checks every file: commands sent before the sweeps existed may have had other causes.
+        stale = mark is None or landed.last_modified < fresh
+        if stale and svc.registry.versions_with_tag(model.name, domain.DATA_URI, landed.uri):
             counts["files_trained"] += 1
             return None
         counts["files_sent"] += 1

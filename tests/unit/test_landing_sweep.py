@@ -280,6 +280,22 @@ def test_a_model_never_swept_does_not_retrain_files_older_than_one_duplicate_win
     assert [t.command.data_uri for t in trains(svc)] == [today.uri]
 
 
+def test_a_first_sweep_looks_every_file_up_as_trainings_sent_before_it_had_other_causes():
+    svc = sweep_services()
+    zone: ListingLanding = svc.landing
+    registry: CountingRegistry = svc.registry
+    trained = zone.land("iris/trained-before.csv", NOW - timedelta(hours=3))
+    untrained = zone.land("iris/lost.csv", NOW - timedelta(hours=2))
+    registry.register(MODEL, run_id="r1", **{domain.DATA_URI: trained.uri})
+    counts = sweep_landing(model(svc), svc)
+    assert counts["files_trained"] == 1 and registry.searches == 2
+    assert [t.command.data_uri for t in trains(svc)] == [untrained.uri]
+    zone.land("iris/next.csv", NOW - timedelta(hours=1))
+    registry.searches = 0
+    sweep_landing(model(svc), svc)
+    assert registry.searches == 0  # past the first sweep, the window's files are duplicate detection's
+
+
 def test_a_repeated_sweep_sends_nothing_new():
     svc = sweep_services()
     zone: ListingLanding = svc.landing
