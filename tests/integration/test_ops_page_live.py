@@ -255,6 +255,7 @@ def test_dead_letters_panel_shows_replays_after_a_dry_run_and_purges(
     press(browser, "the dead letter", lambda d: dead_row(d, "ops-page-poison-1"), "show")
     body = until(browser, "its body", lambda d: d.find_element("id", "deadletter-body").text)
     assert json.loads(body) == {"schema_version": 1, "not": "an envelope"}
+    screenshot(browser, tmp_path / "ops-page-live-deadletter-shown.png")
 
     # Replay: the dry run first moves nothing; the replay sends a new message (which fails again).
     press(browser, "the dead letter", lambda d: dead_row(d, "ops-page-poison-1"), "replay")
@@ -262,6 +263,7 @@ def test_dead_letters_panel_shows_replays_after_a_dry_run_and_purges(
         browser, "the dry run", lambda d: "Dry run:" in (t := d.find_element("id", "dialog-preview").text) and t
     )
     assert "would replay: train ops-page-poison-1 → ops-page-poison-1:replay-1 (replay 1)" in preview
+    screenshot(browser, tmp_path / "ops-page-live-replay-dry-run.png")
     assert [m.message_id for m in queues.peek("train", dead_letter=True)] == ["ops-page-poison-1"]
     fill_dialog(browser, "Ada Ops", "try once more")
     assert flash(browser, "Replayed").startswith("Replayed train ops-page-poison-1 (1 replayed) by Ada Ops")
@@ -284,7 +286,6 @@ def test_dead_letters_panel_shows_replays_after_a_dry_run_and_purges(
     assert flash(browser, "Purged").startswith("Purged train ops-page-poison-1:replay-1 (1 purged) by Ada Ops")
     assert queues.peek("train", dead_letter=True) == []
     until(browser, "the panel to empty", lambda d: "No dead letters." in d.find_element("id", "deadletters").text)
-    screenshot(browser, tmp_path / "ops-page-live-deadletters.png")
     assert console_errors(browser) == []
     stack.dead_letters = sum(stack.host_status()["queues"][q]["dead_letter"] for q in QUEUE_NAMES)
 
