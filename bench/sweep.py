@@ -91,7 +91,7 @@ def build(svc: Services, counting: _Counting, model: str, versions: int) -> Regi
     store = registry._writer.store
     day_ago = int((time.time() - 86_400) * 1000)
     decided = domain.record(won=False, reason="bench history")
-    with store.ManagedSessionMaker() as session:
+    with store.ManagedSessionMaker(read_only=False) as session:
         rows: list[Any] = []
         for number in range(1, versions + 1):
             row = store._with_workspace_field(
