@@ -185,10 +185,13 @@ def _blue_green(
         svc.serving.stop(candidate)
         return Outcome.SUPERSEDED
     svc.serving.route(endpoint, candidate)
-    url = svc.serving.endpoint_url(endpoint)
-    succeed({"mode": "real_time", "endpoint": endpoint, "url": url, "slot": candidate.slot})
-    if previous is not None and previous.slot != candidate.slot:
-        _retire(svc, envelope, previous)
+    try:
+        url = svc.serving.endpoint_url(endpoint)
+        succeed({"mode": "real_time", "endpoint": endpoint, "url": url, "slot": candidate.slot})
+    finally:
+        # Even when recording fails: its retry finds the traffic moved and no longer knows the old one.
+        if previous is not None and previous.slot != candidate.slot:
+            _retire(svc, envelope, previous)
     return Outcome.DEPLOYED
 
 
