@@ -362,6 +362,29 @@ class Stub:
                 "body_encoding": "utf-8",
             },
         }
+        self.grid = {
+            "evt-1": {
+                "source": "eventgrid",
+                "event_id": "evt-1",
+                "function": "landing_events",
+                "subscription": "landing",
+                "event_type": "Microsoft.Storage.BlobCreated",
+                "subject": EVIL,
+                "reason": "MaxDeliveryAttemptsExceeded",
+                "delivery_attempts": 30,
+                "last_delivery_outcome": "Probation",
+                "last_http_status_code": 503,
+                "publish_time": "2026-11-23T08:00:00+00:00",
+                "dead_lettered_time": "2026-11-24T08:00:00+00:00",
+                "replay_count": 0,
+                "topic": "/subscriptions/x/storage",
+                "blob": "landing/2026/11/24/08/evt.json",
+                "index": 0,
+                "schema": "EventGridSchema",
+                "last_delivery_attempt_time": "2026-11-24T07:59:00+00:00",
+                "event": {"id": "evt-1", "subject": EVIL, "data": {"url": EVIL}},
+            }
+        }
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -437,7 +460,7 @@ class Stub:
             ]
             if self.v3 == ("staged", "pending")
             else [],
-            "eventgrid_dead_letters": 2,
+            "eventgrid_dead_letters": len(self.grid),
             "queues": {
                 "train": {"active": 2, "scheduled": 0, "locked": 1, "dead_letter": 1},
                 "deploy": {"active": 0, "scheduled": 0, "locked": 0, "dead_letter": 3},
@@ -450,7 +473,12 @@ class Stub:
         if path == f"/api/history/{EVIL_MODEL}":
             assert query.get("since") == ["7d"], query
             return 200, {"model": EVIL_MODEL, "entries": self.history}
+        if path == "/api/ops/deadletters" and query.get("source") == ["eventgrid"]:
+            # shared/deadletters/eventgrid.py's summary view
+            summary = [{k: v for k, v in e.items() if k not in ("event", "blob", "topic")} for e in self.grid.values()]
+            return 200, {"filters": {}, "count": len(summary), "dead_letters": summary}
         if path == "/api/ops/deadletters":
+            assert query.get("source") == ["queues"], query
             summary = [
                 {
                     k: d[k]
@@ -471,7 +499,8 @@ class Stub:
             ]
             return 200, {"filters": {}, "count": len(summary), "dead_letters": summary}
         if path.startswith("/api/ops/deadletters/"):
-            found = self.dead.get(path.rsplit("/", 1)[1])
+            kept = self.grid if query.get("source") == ["eventgrid"] else self.dead
+            found = kept.get(path.rsplit("/", 1)[1])
             return (200, found) if found else (404, {"error": "no such dead letter"})
         return 404, {"error": f"no route for {path}"}
 
@@ -538,7 +567,24 @@ class Stub:
                 "sent": None,
                 "outcome": "released",
             }
+        if path in ("/api/ops/deadletters/replay", "/api/ops/deadletters/purge") and body["source"] == "eventgrid":
+            # Event Grid's filters take the queue requests' spellings (function = queue, event id = message id).
+            chosen_events = [
+                e for e in self.grid.values() if e["event_id"] == body["message_id"] and e["function"] == body["queue"]
+            ]
+            replay = path.endswith("replay")
+            dry, real = ("would_replay", "replayed") if replay else ("would_purge", "purged")
+            status = dry if body.get("dry_run") else real
+            if not body.get("dry_run"):
+                for e in chosen_events:
+                    del self.grid[e["event_id"]]
+            outcomes = [
+                {"source": "eventgrid", "function": e["function"], "event_id": e["event_id"], "status": status}
+                for e in chosen_events
+            ]
+            return 200, {"dry_run": bool(body.get("dry_run")), "counts": {status: len(outcomes)}, "outcomes": outcomes}
         if path in ("/api/ops/deadletters/replay", "/api/ops/deadletters/purge"):
+            assert body.pop("source") == "queues", body
             replay = path.endswith("replay")
             chosen = [
                 d
@@ -623,7 +669,7 @@ class Stub:
                     if self.headers.get("x-functions-key") != stub.key:
                         self._json(401, {"error": "Unauthorized"})
                         return
-                    self._json(*stub.answer_post(path, body))
+                    self._json(*stub.answer_post(path, json.loads(json.dumps(body))))
 
         return Handler
 
@@ -714,7 +760,13 @@ def test_registry_strings_render_as_text_and_the_chart_draws_the_versions(
     ]
     assert kinds == [("deployment", "2"), ("deployment", "1")]
     notice = browser.find_element("css selector", "#eventgrid-deadletters .notice").text
-    assert notice.startswith("Event Grid gave up on 2 events (kept in its dead-letter container)"), notice
+    assert notice.startswith("Event Grid gave up on 1 event (kept in its dead-letter container)"), notice
+    grid_cells = [c.text for c in dead_row(browser, "evt-1").find_elements("css selector", "td")][:6]
+    assert grid_cells[:3] == [
+        "Event Grid → landing_events",
+        "MaxDeliveryAttemptsExceeded",
+        f"Probation · HTTP 503 · Microsoft.Storage.BlobCreated · {EVIL}",
+    ]
     # The dead letters: queue, reason, error, age, model (from the message), correlation id.
     cells = [c.text for c in dead_row(browser, "m-dead-1").find_elements("css selector", "td")][:6]
     assert cells[:3] == ["deploy", "DeploymentFailed", EVIL] and cells[4:] == [EVIL_MODEL, "corr-dead-1"]
@@ -806,12 +858,12 @@ def test_every_action_asks_who_and_why_sends_it_and_shows_the_outcome(browser: A
         in preview.find_element("id", "dialog-preview").text
     )
     assert [p["body"] for p in stub.posts("/api/ops/deadletters/replay")] == [
-        {"queue": "deploy", "message_id": "m-dead-1", "dry_run": True}
+        {"source": "queues", "queue": "deploy", "message_id": "m-dead-1", "dry_run": True}
     ]
     fill_dialog(browser, "Grace", "the endpoint is back")
     assert flash(browser, "Replayed").startswith("Replayed deploy m-dead-1 (1 replayed) by Grace")
     assert [p["body"] for p in stub.posts("/api/ops/deadletters/replay")][1:] == [
-        {"queue": "deploy", "message_id": "m-dead-1"}
+        {"source": "queues", "queue": "deploy", "message_id": "m-dead-1"}
     ]
     until(browser, "the replayed dead letter to go", lambda d: dead_row(d, "m-dead-1") is None)
 
@@ -824,15 +876,48 @@ def test_every_action_asks_who_and_why_sends_it_and_shows_the_outcome(browser: A
     fill_dialog(browser, "Grace", "junk", type_in={"purge-confirm": "train"})
     assert flash(browser, "Purged").startswith("Purged train m-dead-2 (1 purged) by Grace: junk")
     assert stub.posts("/api/ops/deadletters/purge")[-1]["body"] == {
+        "source": "queues",
         "queue": "train",
         "message_id": "m-dead-2",
         "confirm": "train",
     }
+    # An event Event Grid gave up on: shown as the event, replayed through the same dialog after a dry run.
+    press(browser, "the Event Grid dead letter", lambda d: dead_row(d, "evt-1"), "show")
+    event = until(
+        browser,
+        "the event",
+        lambda d: (
+            d.find_element("css selector", "#deadletter-detail h3").text.startswith("Event Grid event evt-1")
+            and d.find_element("id", "deadletter-body").text
+        ),
+    )
+    assert json.loads(event) == {"id": "evt-1", "subject": EVIL, "data": {"url": EVIL}}
+    press(browser, "the Event Grid dead letter", lambda d: dead_row(d, "evt-1"), "replay")
+    until(
+        browser,
+        "the dry run",
+        lambda d: "would replay: landing_events evt-1" in d.find_element("id", "dialog-preview").text,
+    )
+    fill_dialog(browser, "Grace", "the landing function is fixed")
+    assert flash(browser, "Replayed landing_events").startswith("Replayed landing_events evt-1 (1 replayed) by Grace")
+    assert [p["body"] for p in stub.posts("/api/ops/deadletters/replay")][2:] == [
+        {"source": "eventgrid", "queue": "landing_events", "message_id": "evt-1", "dry_run": True},
+        {"source": "eventgrid", "queue": "landing_events", "message_id": "evt-1"},
+    ]
     until(browser, "no dead letters", lambda d: "No dead letters." in d.find_element("id", "deadletters").text)
     log = [li.text for li in browser.find_elements("css selector", "#actions-log li")]
     # Newest first; each line: the time, then the outcome.
     said = [line.split(" · ", 1)[1].split(" ", 1)[0] for line in log]
-    assert said == ["Purged", "Replayed", "Rollback", "Approved", EVIL_MODEL.split()[0], "Could", EVIL_MODEL.split()[0]]
+    assert said == [
+        "Replayed",
+        "Purged",
+        "Replayed",
+        "Rollback",
+        "Approved",
+        EVIL_MODEL.split()[0],
+        "Could",
+        EVIL_MODEL.split()[0],
+    ]
     assert all(r["key"] == stub.key for r in stub.requests)
     assert browser.execute_script("return window.pwned") is None
     screenshot(browser, tmp_path / "ops-page-stub-after-actions.png")

@@ -315,8 +315,13 @@ def test_the_wheel_ships_the_page_and_it_loads_from_the_wheel(tmp_path: Path) ->
 PAGE_CALLS = [
     ("GET", "ops/overview", 'call("GET", "ops/overview")', None),
     ("GET", "history/{model}", 'call("GET", "history/" + pathOf(name) + "?since=" + HISTORY_SINCE)', None),
-    ("GET", "ops/deadletters", 'call("GET", "ops/deadletters?limit=200")', None),
-    ("GET", "ops/deadletters/{message_id}", 'call("GET", "ops/deadletters/" + pathOf(d.message_id) + "?queue="', None),
+    ("GET", "ops/deadletters", 'call("GET", "ops/deadletters?source=" + source + "&limit=200")', None),
+    (
+        "GET",
+        "ops/deadletters/{message_id}",
+        'call("GET", "ops/deadletters/" + pathOf(d.message_id) + "?source="',
+        None,
+    ),
     (
         "POST",
         "approvals/{model}/{version:int}/{decision}",
@@ -334,26 +339,26 @@ PAGE_CALLS = [
     (
         "POST",
         "ops/deadletters/replay",
-        'call("POST", "ops/deadletters/replay", {queue: queue, message_id: id, dry_run: true})',
-        {"queue", "message_id", "dry_run"},
+        'call("POST", "ops/deadletters/replay", selector(d, {dry_run: true}))',
+        {"source", "queue", "message_id", "dry_run"},
     ),
     (
         "POST",
         "ops/deadletters/replay",
-        'call("POST", "ops/deadletters/replay", {queue: queue, message_id: id})',
-        {"queue", "message_id"},
+        'call("POST", "ops/deadletters/replay", selector(d))',
+        {"source", "queue", "message_id"},
     ),
     (
         "POST",
         "ops/deadletters/purge",
-        'call("POST", "ops/deadletters/purge", {queue: queue, message_id: id, dry_run: true})',
-        {"queue", "message_id", "dry_run"},
+        'call("POST", "ops/deadletters/purge", selector(d, {dry_run: true}))',
+        {"source", "queue", "message_id", "dry_run"},
     ),
     (
         "POST",
         "ops/deadletters/purge",
-        'call("POST", "ops/deadletters/purge", {queue: queue, message_id: id, confirm: input.value.trim()})',
-        {"queue", "message_id", "confirm"},
+        'call("POST", "ops/deadletters/purge", selector(d, {confirm: input.value.trim()}))',
+        {"source", "queue", "message_id", "confirm"},
     ),
 ]
 
@@ -361,7 +366,7 @@ PAGE_CALLS = [
 def test_every_request_the_page_sends_is_a_route_of_the_function_app_with_fields_it_accepts() -> None:
     import function_app
     from functions import operator
-    from shared.deadletters import FILTER_FIELDS
+    from shared.deadletters import FILTER_FIELDS, eventgrid
 
     routes = {
         (method, f.route.template)
@@ -370,10 +375,14 @@ def test_every_request_the_page_sends_is_a_route_of_the_function_app_with_fields
         for method in f.methods
     }
     page = ops_page.page_template()
+    # A dead letter's body must suit both sources: the queues' functions drop "source" before their filters,
+    # Event Grid's take "queue" and "message_id" as its function and event id.
+    queues = set(FILTER_FIELDS) | {"source"}
+    grid = set(eventgrid.FILTER_FIELDS)
     accepted = {
         "models/{model}/rollback": operator._FIELDS["rollback"],
-        "ops/deadletters/replay": set(FILTER_FIELDS) | {"dry_run", "max_replays"},
-        "ops/deadletters/purge": set(FILTER_FIELDS) | {"dry_run", "confirm"},
+        "ops/deadletters/replay": (queues | {"dry_run", "max_replays"}) & (grid | {"dry_run", "max_replays"}),
+        "ops/deadletters/purge": (queues | {"dry_run", "confirm"}) & (grid | {"dry_run", "confirm"}),
         "approvals/{model}/{version:int}/{decision}": {"by", "reason"},  # the function reads by (reason: kept aside)
     }
     for method, template, snippet, fields in PAGE_CALLS:
@@ -381,9 +390,10 @@ def test_every_request_the_page_sends_is_a_route_of_the_function_app_with_fields
         assert (method, template) in routes, f"no {method} {template} in function_app"
         if fields is not None:
             assert fields <= accepted[template], (template, fields - accepted[template])
-    # Hold and release share one body, built once.
+    # Hold and release share one body, built once; every dead letter's selector too.
     assert "var body = {by: by, reason: reason, request_id: rid};" in page
     assert {"by", "reason", "request_id"} <= operator._FIELDS["hold"] & operator._FIELDS["release"]
+    assert "var body = {source: text(d.source), queue: text(d.queue), message_id: text(d.message_id)};" in page
     # Nothing else is called: every call( in the script is one of the above.
     assert page.count('call("') == len({snippet for _, _, snippet, _ in PAGE_CALLS})
 
