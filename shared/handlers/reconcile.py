@@ -11,7 +11,7 @@ detection keeps one:
   ``EvaluateVersion`` a webhook would have sent (``new_version``: cause ``version:{model}:{version}``).
   The watermark passes only versions that are decided or sent (and failed registrations), so a
   version within its grace period is read again by the next sweep. One registry search per
-  ``PAGE`` new versions (``Registry.versions_after``), one read per version sent.
+  ``PAGE`` new versions (``Registry.versions_after``, tags included), whatever the history.
 - **runs**: a launched run keeps a model tag ``signalbox.run.<run id>`` (``note_run``: its backend,
   the attempt of its next poll and when that poll is due) until a poll sees it finish
   (``forget_run``). A run whose next poll is overdue by the grace period has lost its poll chain:
