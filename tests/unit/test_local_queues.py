@@ -661,11 +661,12 @@ def test_the_pump_renews_the_session_lock_while_the_function_runs(db: Path, tmp_
 
     def work(msg: Any) -> None:
         began = time.monotonic()
-        time.sleep(2.0 if msg.message_id == "a1" else 0.0)  # four lock durations
+        time.sleep(5.0 if msg.message_id == "a1" else 0.0)  # two and a half lock durations
         calls.append((msg.message_id, msg.delivery_count, began, time.monotonic()))
 
-    # host.json without the setting: the extension's default, 5 minutes, covers the two seconds.
-    pump, queues = _pump(db, 0.5, HostConfig.load(host_json).service_bus, work)
+    # host.json without the setting: the extension's default, 5 minutes, covers the five seconds.
+    # A 2 s lock renewed each second leaves a loaded machine a second of slack per renewal.
+    pump, queues = _pump(db, 2.0, HostConfig.load(host_json).service_bus, work)
     queues.send_many(PROMOTE, [msg("a1", session_id="A"), msg("a2", session_id="A")])
     pump.start()
     try:
@@ -684,7 +685,7 @@ def test_the_pump_stops_renewing_after_host_json_s_max_auto_lock_renewal(db: Pat
 
     host_json = tmp_path / "host.json"
     host_json.write_text(
-        json.dumps({"version": "2.0", "extensions": {"serviceBus": {"maxAutoLockRenewalDuration": "00:00:01"}}})
+        json.dumps({"version": "2.0", "extensions": {"serviceBus": {"maxAutoLockRenewalDuration": "00:00:04"}}})
     )
     calls: list[tuple[str, int]] = []
     release = threading.Event()
@@ -692,16 +693,16 @@ def test_the_pump_stops_renewing_after_host_json_s_max_auto_lock_renewal(db: Pat
     def work(msg: Any) -> None:
         calls.append((msg.message_id, msg.delivery_count))
         if msg.delivery_count == 1:
-            release.wait(10)  # runs past the renewal limit: the lock lapses and the session moves on
+            release.wait(20)  # runs past the renewal limit: the lock lapses and the session moves on
 
     options = HostConfig.load(host_json).service_bus
-    assert options.max_auto_lock_renewal == timedelta(seconds=1)
-    pump, queues = _pump(db, 0.5, options, work)
+    assert options.max_auto_lock_renewal == timedelta(seconds=4)
+    pump, queues = _pump(db, 2.0, options, work)
     queues.send(PROMOTE, msg("a1", session_id="A"))
     began = time.monotonic()
     pump.start()
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while len(calls) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
         redelivered_after = time.monotonic() - began
@@ -709,5 +710,5 @@ def test_the_pump_stops_renewing_after_host_json_s_max_auto_lock_renewal(db: Pat
         release.set()
         pump.stop()
     assert calls[:2] == [("a1", 1), ("a1", 2)]
-    # Renewed for 1 s (host.json), then lapsed one lock (0.5 s) later; not before.
-    assert 1.0 <= redelivered_after < 4.0, redelivered_after
+    # Renewed for 4 s (host.json), then lapsed at most one lock (2 s) later; not before.
+    assert 4.0 <= redelivered_after < 10.0, redelivered_after
