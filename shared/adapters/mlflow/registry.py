@@ -13,6 +13,12 @@ What differs by registry (known from the registry URI's scheme, see ``Capabiliti
   ``stage=staged``; setting or deleting an alias does nothing.
 - MLflow's own stores (SQL, an MLflow server, Azure ML): tag-filtered searches and aliases.
 
+A model's history (``shared.history``) is one MLflow run per entry, its fields as run tags, in the
+experiment ``signalbox-history-<model>`` (on Databricks ``/Shared/signalbox-history-<model>``) of the
+same tracking server: tags on the registered model or its versions cannot hold it everywhere (Unity
+Catalog allows 50 tags per object, 1,000 characters each), a run is written once and never
+overwritten, and a start-time search reads a model's entries back a page of 1,000 at a time.
+
 MLflow failures surface as Signalbox errors (``shared.adapters.mlflow.client.translate``): 429, 5xx
 and timeouts as ``TransientError``, a missing version as ``UnknownVersion``, 401/403 as
 ``PermanentError``.
