@@ -268,6 +268,7 @@ module functionApp 'modules/functionapp.bicep' = {
     webhookSecretNames: webhookSecretNames
     environmentName: environmentName
     landingContainer: landingContainer
+    landingAccountUrl: 'https://${landing.outputs.storageAccountName}.blob.${environment().suffixes.storage}'
     catalogueFile: catalogueFile
     servingBackend: servingBackend
     registryBackend: registryBackend

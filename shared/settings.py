@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     azureml_workspace: str = Field(default="", alias="AZUREML_WORKSPACE")
     azureml_instance_type: str = Field(default="Standard_DS3_v2", alias="SIGNALBOX_AZUREML_INSTANCE_TYPE")
     landing_container: str = Field(default="landing", alias="SIGNALBOX_LANDING_CONTAINER")
+    landing_account_url: str = Field(default="", alias="SIGNALBOX_LANDING_ACCOUNT_URL")
     host_url: str = Field(default="http://127.0.0.1:7071", alias="SIGNALBOX_HOST_URL")
     tracking_uri: str = Field(default="", alias="MLFLOW_TRACKING_URI")
     registry_uri: str = Field(default="", alias="MLFLOW_REGISTRY_URI")

@@ -72,6 +72,9 @@ param environmentName string
 @description('SIGNALBOX_LANDING_CONTAINER: the landing container Event Grid watches.')
 param landingContainer string
 
+@description('SIGNALBOX_LANDING_ACCOUNT_URL: the landing account\'s blob endpoint, which the landing sweep lists.')
+param landingAccountUrl string
+
 @description('SIGNALBOX_CATALOGUE: the catalogue in the deployed package (the app root is /home/site/wwwroot).')
 param catalogueFile string
 
@@ -286,6 +289,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // Event Grid's dead-letter container (signalbox dlq --source eventgrid); Storage Blob Data Owner on this account.
     SIGNALBOX_EVENTGRID_DEADLETTER_CONTAINER_URL: '${storage.properties.primaryEndpoints.blob}${deadLetter.name}'
     SIGNALBOX_LANDING_CONTAINER: landingContainer
+    SIGNALBOX_LANDING_ACCOUNT_URL: landingAccountUrl
     SIGNALBOX_HOST_URL: 'https://${site.properties.defaultHostName}'
     MLFLOW_TRACKING_URI: mlflowTrackingUri
     MLFLOW_REGISTRY_URI: mlflowRegistryUri

@@ -13,7 +13,7 @@ def make_landing(wiring: Wiring) -> LandingZone:
     """A Storage account's containers, read with the app's identity."""
     from shared.adapters.azure.landing import BlobLandingZone
 
-    return BlobLandingZone()
+    return BlobLandingZone(account_url=wiring.settings.landing_account_url or None)
 
 
 def make_events(wiring: Wiring) -> LifecycleEvents:
