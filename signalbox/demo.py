@@ -185,6 +185,13 @@ def run_demo(state_dir: Path | None = None, port: int = 0, keep: bool = False) -
             ' "petal_width"], "data": [[5.1, 3.5, 1.4, 0.2]]}}\''
         )
         print(f"MLflow UI: {embedded.mlflow.url}/#/models/{MODEL}")
+        # The page takes the admin key as ?code=; keys are never printed, only where they are.
+        keys = state / "host-keys.json"
+        print(f"Ops page:  {host_url}/api/ops?code=$KEY  (the admin key: masterKey in {keys})")
+        print(f"  KEY=$(python3 -c \"import json;print(json.load(open('{keys}'))['masterKey'])\")")
+        target = f"--state-dir {state} --host-url {host_url}"
+        print(f"Roll back: signalbox rollback {MODEL} --by you --reason 'why' {target}")
+        print(f"History:   signalbox history {MODEL} {target}")
         print(f"Host log:  {state / 'logs' / 'host.log'}")
         print(f"\nThe chain completed in {time.monotonic() - started:.1f}s wall time.")
         if keep:
