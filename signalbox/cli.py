@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=30.0,
         metavar="SECONDS",
-        help="a client must send headers and the whole body within this, else 408 (default 30)",
+        help="a client must send its request head within this (else the connection is dropped) "
+        "and its whole body (else 408) (default 30)",
     )
     host.add_argument(
         "--with-mlflow",
@@ -207,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
             from signalbox.embedded import run_embedded
 
             return run_embedded(settings, sys.stdout)
+        if (args.state_dir / "endpoints").is_dir():
+            # Scoring servers a killed host left: adopt the routed ones, stop the ones cut short.
+            from shared.adapters.local.serving import recover_endpoints
+
+            recover_endpoints(args.state_dir)
         return run_host(settings, sys.stdout)
     if args.command == "demo":
         from signalbox.demo import run_demo
