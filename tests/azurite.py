@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.adapters.local.net import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 INSTALL_HINT = "npm install --prefix .azurite azurite@3.35.0"
 ACCOUNT = "devstoreaccount1"
@@ -39,12 +41,6 @@ def azurite_blob() -> Path:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason}: .ci/run should have installed it")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], deadline: float) -> bool:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from shared.adapters.local.net import free_port
 
 if TYPE_CHECKING:
     import requests
@@ -27,13 +28,6 @@ __all__ = ["ROOT", "HostExited", "HostProcess", "free_port"]
 # Holds function_app.py and the signalbox package: the child's working directory.
 ROOT = Path(__file__).resolve().parents[2]
 _TAIL_LINES = 40
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now on `host` (another process may still take it)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class HostExited(RuntimeError):

@@ -27,7 +27,6 @@ import importlib.metadata
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ import requests
 
 from shared.adapters.azureml import serving as serving_module
 from shared.adapters.azureml.serving import AzureMLServing
+from shared.adapters.local.net import free_port
 from shared.errors import DeploymentFailed
 from shared.handlers.deployment import smoke_frame
 from shared.ports import Deployment, ScoringFrame
@@ -158,17 +158,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return made
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _inference_server(python: Path, model_dir: Path, folder: Path) -> Iterator[str]:
     script = folder / "score.py"
     script.write_text(SCORE_SCRIPT, encoding="utf-8")
-    port = _free_port()
+    port = free_port()
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(folder),

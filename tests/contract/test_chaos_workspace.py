@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ import requests
 
 from shared.adapters.databricks.compute import DatabricksCompute, retry_key
 from shared.adapters.databricks.serving import DatabricksServing
+from shared.adapters.local.net import free_port
 from shared.adapters.mlflow.evaluator import MlflowEvaluator
 from shared.errors import PermanentError, TransientError
 from shared.ports import Deployment, JobRequest, RunStatus, ScoringFrame
@@ -495,9 +495,7 @@ def test_introspection_is_never_faulted_and_the_rate_changes_while_running(works
 
 
 def test_the_command_line_serves_until_terminated():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "signalbox.chaos.workspace", "--port", str(port)),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ from shared.adapters.databricks.serving import (
     served_entity_name,
     sizing_from_catalogue,
 )
+from shared.adapters.local.net import free_port
 from shared.catalogue import load_catalogue
 from shared.contracts import DeployVersion, Envelope
 from shared.errors import PermanentError, TransientError
@@ -578,9 +578,7 @@ def test_403_and_401_are_permanent_and_say_what_to_fix(fake: FakeDatabricks, com
 
 
 def test_an_unreachable_workspace_is_transient(monkeypatch: pytest.MonkeyPatch):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again at once: nothing listens there
+    port = free_port()  # nothing listens there
     compute = DatabricksCompute(host=f"http://127.0.0.1:{port}", token=TOKEN, retry_timeout_seconds=1)
     began = time.monotonic()
     with pytest.raises(TransientError, match="unreachable"):
@@ -1173,7 +1171,11 @@ def deploy_until_done(svc: Any, version: str, transient: list[str] | None = None
         envelope, _ = bus.sent.pop(0)
         assert envelope.command.kind == "deploy"
         try:
-            outcome = handlers.deploy(envelope, svc)
+            result = handlers.deploy(envelope, svc)
+            # The deploy's own outcome; a later "retire" stops the old entity once the update ends.
+            if envelope.command.retire_slot and transient is not None:
+                transient.append(f"retire: {result}")
+            outcome = outcome if envelope.command.retire_slot else result
         except TransientError as exc:
             retries += 1
             assert retries < 10, f"still transient after {retries} deliveries: {exc}"
@@ -1198,8 +1200,13 @@ def test_the_deploy_handler_runs_blue_green_and_rollback_over_databricks(
 
     transient: list[str] = []
     assert deploy_until_done(svc, "2", transient) == "deployed"
-    # The old entity's removal met the routing update: the adapter said so instead of leaving it.
-    assert transient and all("config update in progress" in t for t in transient)
+    # The old entity's removal met the routing update: the adapter said so, and the handler retired
+    # it later (a scheduled message, retried while the update ran) instead of leaving it serving.
+    assert transient and transient[-1] == "retire: retired"
+    assert all("config update in progress" in t for t in transient[:-1])
+    for _ in range(2):  # the removal is an update of its own: it applies on the second read
+        serving.current(ENDPOINT)
+    assert [e["name"] for e in workspace.endpoints[ENDPOINT]["config"]["served_entities"]] == [f"{MODEL}-2"]
     assert serving.current(ENDPOINT) is not None and serving.current(ENDPOINT).version == "2"  # type: ignore[union-attr]
     assert workspace.traffic()[f"{MODEL}-2"] == 100
     assert workspace.smoke[:2] == [f"{MODEL}-1", f"{MODEL}-2"]

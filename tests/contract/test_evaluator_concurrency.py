@@ -24,8 +24,7 @@ def registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, di
     trainer = SyntheticTrainer(uri)
     try:
         versions = {
-            trainer.train({"model_name": "concurrent", "signalbox.correlation_id": f"c{q}"}, q)[1]: q
-            for q in QUALITIES
+            trainer.train({"model_name": "concurrent", "signalbox.correlation_id": f"c{q}"}, q)[1]: q for q in QUALITIES
         }
     finally:
         trainer.close()

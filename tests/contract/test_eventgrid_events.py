@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import logging
 import re
-import socket
 import ssl
 import threading
 import time
@@ -26,6 +25,7 @@ from azure.core.exceptions import ClientAuthenticationError
 
 from shared.adapters.azure.events import LIFECYCLE_EVENT_TYPES, EventGridLifecycleEvents
 from shared.adapters.local.landing import LocalLifecycleEvents
+from shared.adapters.local.net import free_port
 from shared.domain import LifecycleEvent
 from shared.errors import PermanentError, TransientError
 from tests.tls import self_signed_certificate
@@ -233,9 +233,7 @@ def test_a_throttled_publish_is_left_to_redelivery(topic):
 
 
 def test_an_unreachable_topic_is_transient():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens there
     with pytest.raises(TransientError, match="could not be reached"):
         events(f"http://127.0.0.1:{port}/api/events").publish("DataLanded", "iris", {})
 

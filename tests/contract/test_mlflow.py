@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from shared.adapters.local.net import free_port
 from shared.adapters.mlflow.registry import MlflowRegistry
 from shared.errors import TransientError, UnknownVersion
 from shared.webhooks import WebhookRejected, parse_mlflow, verify_mlflow
@@ -144,9 +145,7 @@ def test_an_unreachable_server_is_transient_within_the_bounded_retries(monkeypat
     from tests.databricks_rest import isolate_mlflow_http_env
 
     isolate_mlflow_http_env(monkeypatch)  # the adapter's bounded defaults, not another test's values
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens there
     started = time.monotonic()
     with pytest.raises(TransientError, match="MLflow registry get_version"):
         MlflowRegistry(f"http://127.0.0.1:{port}").get_version(MODEL, "1")

@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from azure.core.credentials import AccessToken
 
+from shared.adapters.local.net import free_port
 from shared.errors import PermanentError, TransientError
 from shared.queue_depths import MONITORING_READER, MonitorQueueDepths
 from tests.tls import self_signed_certificate
@@ -369,11 +370,7 @@ def test_a_failure_is_not_cached(monitor, certificate):
 
 
 def test_an_unreachable_endpoint_is_transient(certificate):
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed again when the block ends: nothing listens there
+    port = free_port()  # nothing listens there
     depths = MonitorQueueDepths(
         RESOURCE_ID,
         StubCredential,

@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared.adapters.local.net import free_port
 from shared.errors import DeploymentFailed, PermanentError
 from shared.ports import Deployment, Readiness, ScoringFrame
 
@@ -187,13 +187,6 @@ def _owner_alive(record: Mapping[str, Any]) -> bool:
     return isinstance(pid, int) and _alive(pid, ticks if isinstance(ticks, int) else None)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -286,7 +279,7 @@ class LocalServing:
         if leftover is not None:
             self._stop_record(endpoint, slot, leftover)
 
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         log_path = directory / f"{slot}.log"
         env = dict(os.environ)
