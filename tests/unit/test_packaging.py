@@ -69,3 +69,11 @@ def test_importing_the_app_and_indexing_imports_no_heavy_sdk():
     count, heavy = out.strip().split(" ", 1)
     assert int(count) >= 10
     assert heavy == "[]"
+
+
+def test_every_test_module_has_its_own_basename():
+    """The test folders have no __init__.py: two modules of one name stop pytest's collection."""
+    from collections import Counter
+
+    names = Counter(path.name for path in (REPO / "tests").rglob("test_*.py"))
+    assert [name for name, count in names.items() if count > 1] == []
