@@ -200,8 +200,8 @@ def fill_dialog(
 
 
 def flash(driver: Any, contains: str, timeout: float = 20.0) -> str:
-    """The outcome line, once it says ``contains``."""
-    return str(
+    """The outcome line, once it says ``contains`` (and the action's dialog has closed)."""
+    said = str(
         until(
             driver,
             f"the outcome {contains!r}",
@@ -209,6 +209,8 @@ def flash(driver: Any, contains: str, timeout: float = 20.0) -> str:
             timeout,
         )
     )
+    until(driver, "the dialog to close after the outcome", lambda d: not dialog_open(d))
+    return said
 
 
 def console_errors(driver: Any, expected: tuple[str, ...] = ()) -> list[str]:
@@ -828,7 +830,11 @@ def test_every_action_asks_who_and_why_sends_it_and_shows_the_outcome(browser: A
     until(browser, "the action dialog", dialog_open)
     options = [(o.get_attribute("value"), o.text) for o in browser.find_elements("css selector", "#rollback-to option")]
     assert options == [("", "the previous production version"), ("2", "v2"), ("1", "v1")]
-    fill_dialog(browser, "Grace", "v3 misbehaves", select={"rollback-to": "1"})
+    dialog = fill_dialog(browser, "Grace", "v3 misbehaves", select={"rollback-to": "1"}, confirm=False)
+    # A double click is one rollback: the button is disabled from the first click until the answer.
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(browser).double_click(dialog.find_element("id", "dialog-confirm")).perform()
     message = flash(browser, "Rollback of")
     [sent] = stub.posts(f"/api/models/{EVIL_MODEL}/rollback")
     request_id = sent["body"].pop("request_id")
