@@ -146,7 +146,10 @@ def _blue_green(
         # (A readiness check may also see the version routed: a new cloud endpoint sends all its
         # traffic to its first deployment, which must still pass the smoke test below.)
         url = svc.serving.endpoint_url(endpoint)
+        left = _served_before(svc, model_name, version, endpoint, previous.slot)  # before succeed moves the tags
         succeed({"mode": "real_time", "endpoint": endpoint, "url": url, "slot": previous.slot})
+        for old in left:  # the delivery that moved the traffic died before stopping it
+            _retire_later(svc, envelope, old, "the traffic moved in an earlier delivery")
         return Outcome.DEPLOYED
     if command.candidate_slot and command.candidate_url:
         candidate = Deployment(endpoint, model_name, version, command.candidate_slot, command.candidate_url)
@@ -201,19 +204,46 @@ def _retire(svc: Services, envelope: Envelope, old: Deployment) -> None:
     try:
         svc.serving.stop(old)
     except TransientError as exc:
-        later = DeployVersion(
-            model_name=old.model_name,
-            version=old.version,
-            retire_slot=old.slot,
-            retire_version=old.version,
-            retire_url=old.url,
-        )
-        delay = domain.retry_delay(1, svc.settings.retry_initial_seconds, svc.settings.retry_max_seconds, 0.5)
-        svc.bus.send(
-            envelope.follow(later, cause=f"retire:{old.endpoint}:{old.slot}:{old.version}", now=svc.clock()),
-            scheduled_at=svc.clock() + delay,
-        )
-        log.info("%s v%s in slot %s stops later: %s", old.model_name, old.version, old.slot, exc)
+        _retire_later(svc, envelope, old, str(exc))
+
+
+def _retire_later(svc: Services, envelope: Envelope, old: Deployment, why: str) -> None:
+    """Stop ``old`` from a scheduled message (``retire``: never the serving slot, nor one a newer version may be
+    starting in)."""
+    later = DeployVersion(
+        model_name=old.model_name,
+        version=old.version,
+        retire_slot=old.slot,
+        retire_version=old.version,
+        retire_url=old.url,
+    )
+    delay = domain.retry_delay(1, svc.settings.retry_initial_seconds, svc.settings.retry_max_seconds, 0.5)
+    svc.bus.send(
+        envelope.follow(later, cause=f"retire:{old.endpoint}:{old.slot}:{old.version}", now=svc.clock()),
+        scheduled_at=svc.clock() + delay,
+    )
+    log.info("%s v%s in slot %s stops later: %s", old.model_name, old.version, old.slot, why)
+
+
+def _served_before(svc: Services, model_name: str, version: str, endpoint: str, slot: str) -> list[Deployment]:
+    """The deployments the registry records for the versions ``version`` replaces (production, or already
+    surpassed by it) on ``endpoint`` in another slot than ``slot``."""
+    older = [
+        v for v in svc.registry.versions_with_tag(model_name, domain.STAGE, Stage.PRODUCTION) if v.version != version
+    ]
+    if not older:  # an earlier delivery may have moved them to surpassed before it died
+        older = [
+            v
+            for v in svc.registry.versions_with_tag(model_name, domain.STAGE, Stage.SURPASSED)
+            if v.tags.get(domain.OUTCOME) == f"surpassed by v{version}"
+        ]
+    found = []
+    for old in older:
+        record = domain.read_record(old.tags.get(domain.DEPLOYMENT))
+        old_slot, url = record.get("slot"), record.get("url")
+        if record.get("endpoint") == endpoint and isinstance(old_slot, str) and old_slot and old_slot != slot:
+            found.append(Deployment(endpoint, model_name, old.version, old_slot, str(url or "")))
+    return found
 
 
 def retire(envelope: Envelope, svc: Services) -> Outcome:

@@ -11,6 +11,7 @@ import pytest
 from shared import handlers
 from shared.errors import TransientError
 from shared.handlers import deployment
+from shared.ports import Deployment
 from tests.fakes import FakeServing, services
 from tests.unit.test_handlers import MODEL, drain, train_to_version
 
@@ -40,3 +41,41 @@ def test_the_old_deployment_is_stopped_when_recording_the_new_one_fails(monkeypa
     assert handlers.PIPELINE["deploy"](deploy, svc) == "deployed"  # the retry finds it routed and records it
     assert svc.registry.stage(MODEL, v2) == "production" and svc.registry.stage(MODEL, v1) == "surpassed"
     assert [d.version for d in serving.running] == [v2]  # v1's deployment is not left running
+
+
+def test_the_old_deployment_is_stopped_when_the_route_was_applied_but_its_answer_lost() -> None:
+    svc = services()
+    svc.serving = serving = FakeServing()
+    v1 = train_to_version(svc, accuracy=0.7, event_id="a")
+    drain(svc)
+    v2 = train_to_version(svc, accuracy=0.9, event_id="b")
+    for kind in ("evaluate", "promote"):
+        for envelope in svc.bus.take(kind):
+            handlers.PIPELINE[kind](envelope, svc)
+    (deploy,) = svc.bus.take("deploy")
+    route = serving.route
+
+    def applied_but_lost(endpoint: str, target: object) -> None:
+        route(endpoint, target)  # type: ignore[arg-type]
+        serving.route = route  # type: ignore[method-assign]
+        raise TransientError("Databricks unreachable (ReadTimeout)")  # the update applied, the answer lost
+
+    serving.route = applied_but_lost  # type: ignore[method-assign]
+    with pytest.raises(TransientError):
+        handlers.PIPELINE["deploy"](deploy, svc)
+    assert handlers.PIPELINE["deploy"](deploy, svc) == "deployed"  # the retry finds v2 routed and records it
+    assert svc.registry.stage(MODEL, v2) == "production" and svc.registry.stage(MODEL, v1) == "surpassed"
+    assert sorted(d.version for d in serving.running) == [v1, v2]
+    (retire,) = svc.bus.take("deploy")  # the old one is stopped from a scheduled retire, with its guards
+    (old,) = [d for d in serving.running if d.version == v1]
+    assert (retire.command.retire_version, retire.command.retire_slot) == (v1, old.slot)
+
+    def stop_by_slot(deployment: Deployment) -> None:
+        # As the Databricks adapter does (by served entity name): the registry records the endpoint's
+        # URL, not the slot's, so the fake's match on the whole Deployment would not apply here.
+        gone = (deployment.slot, deployment.version)
+        serving.running[:] = [d for d in serving.running if (d.slot, d.version) != gone]
+
+    serving.stop = stop_by_slot  # type: ignore[method-assign]
+    assert handlers.PIPELINE["deploy"](retire, svc) == "retired"
+    assert [d.version for d in serving.running] == [v2]
