@@ -1102,6 +1102,7 @@ def _latency(
     trains = _first_sends(state_dir, "train")
     evaluations = _first_sends(state_dir, "evaluate")
     fires = _sweep_fires(config, state_dir, lifecycles)
+    ends = _sweep_ends(events)
     evaluated_at: dict[tuple[str, str], float] = {}
     for e in events:
         if e.get("type") == "io.signalbox.VersionEvaluated":
@@ -1113,7 +1114,8 @@ def _latency(
     landing_bound = config.sweep_interval + _landing_grace()
     registry_bound = config.sweep_interval + config.sweep_grace
     detect: list[tuple[float, float, str]] = []  # latency, bound, what (a file name, or "model vN")
-    work: list[float] = []  # from the timer's fire to the command the sweep sent
+    work: list[float] = []  # from the timer's fire to the command its sweep sent (queue wait and run)
+    sent_after: list[float] = []  # from the loss to the command sent
     started: list[float] = []
     unknown = 0
     for lc in lifecycles:
@@ -1124,8 +1126,9 @@ def _latency(
         if sent is None:
             unknown += 1
             continue
-        fired = _fired_before(fires.get(lc.model, []), sent)
+        fired = _fired_for(fires.get(lc.model, []), ends.get(lc.model, []), sent)
         work.append(sent - fired)
+        sent_after.append(sent - lc.landed_at)
         detect.append((fired - lc.landed_at, landing_bound, lc.path.name))
         runs = placed.get(lc.uri) or []
         if runs:
@@ -1139,8 +1142,9 @@ def _latency(
         if sent is None:
             unknown += 1
             continue
-        fired = _fired_before(fires.get(key[0], []), sent)
+        fired = _fired_for(fires.get(key[0], []), ends.get(key[0], []), sent)
         work.append(sent - fired)
+        sent_after.append(sent - item.registered_at)
         detect.append((fired - item.registered_at, registry_bound, f"{key[0]} v{key[1]}"))
         if key in evaluated_at:
             done.append(evaluated_at[key] - item.registered_at)
@@ -1154,10 +1158,10 @@ def _latency(
         "detection latency (loss to the sweep that found it), worst: files / versions",
         f"{_worst(landing)} (bound {landing_bound:.0f} s) / {_worst(registry)} (bound {registry_bound:.0f} s)",
     )
-    report.add("sweep's own time under the faults (timer to command sent), worst", _worst(work))
+    report.add("sweep's queue wait and run under the faults (timer to command sent), worst", _worst(work))
     report.add(
-        "loss to training launched / to evaluation done, worst",
-        f"{_worst(started)} / {_worst(done)}",
+        "loss to command sent / to training launched / to evaluation done, worst",
+        f"{_worst(sent_after)} / {_worst(started)} / {_worst(done)}",
     )
     late = sorted(((d - bound, what) for d, bound, what in detect if d > bound), reverse=True)
     report.check(
@@ -1193,8 +1197,32 @@ def _sweep_fires(config: ChaosConfig, state_dir: Path, lifecycles: list[Lifecycl
     return out
 
 
-def _fired_before(fires: list[float], sent: float) -> float:
-    """The last sweep the timer sent before ``sent`` (the one that sent it); ``sent`` itself if none."""
+def _sweep_ends(events: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Model → when each of its sweeps ended (epoch seconds, sorted): its ``Reconciled`` event.
+
+    A sweep that failed transiently publishes one and is retried; only its retry's counts as its end.
+    """
+    out: dict[str, list[float]] = defaultdict(list)
+    for e in events:
+        if e.get("type") != "io.signalbox.Reconciled":
+            continue
+        failed = (e.get("data") or {}).get("failed") or {}
+        moment = _epoch(str(e.get("time", "")))
+        if moment is not None and not any(str(why).startswith("TransientError") for why in failed.values()):
+            out[str(e.get("subject"))].append(moment)
+    return {name: sorted(times) for name, times in out.items()}
+
+
+def _fired_for(fires: list[float], ends: list[float], sent: float) -> float:
+    """When the timer sent the sweep that sent a command at ``sent``.
+
+    One model's sweeps run one at a time in the order sent (its session), so the sweep that sent it
+    is the first to end at or after ``sent``, and the n-th sweep to end is the n-th the timer sent.
+    Where that pairing does not hold (a sweep lost), the last sweep sent before ``sent``.
+    """
+    index = next((i for i, end in enumerate(ends) if end >= sent), None)
+    if index is not None and index < len(fires) and fires[index] <= sent:
+        return fires[index]
     earlier = [f for f in fires if f <= sent]
     return earlier[-1] if earlier else sent
 
