@@ -22,6 +22,7 @@ def approval(req: func.HttpRequest) -> func.HttpResponse:
     if decision not in ("approve", "reject"):
         return problem(404, f"unknown decision {decision!r}: use approve or reject")
     who = "unknown"
+    reason: str | None = None
     if req.get_body():
         try:
             body = json.loads(req.get_body())
@@ -29,7 +30,8 @@ def approval(req: func.HttpRequest) -> func.HttpResponse:
             return problem(400, 'body must be JSON like {"by": "name"} or empty')
         if not isinstance(body, dict):
             return problem(400, "body must be a JSON object")
-        who = str(body.get("by") or who)
+        who = str(body.get("by") or who)[:200]
+        reason = str(body["reason"])[:1000] if body.get("reason") else None
     from shared.domain import version_number
 
     model = req.route_params["model"]
@@ -40,7 +42,7 @@ def approval(req: func.HttpRequest) -> func.HttpResponse:
         return problem(404, f"no version {req.route_params['version']} of {model}: versions are numbered 1, 2, 3...")
     svc = runtime.services()
     try:
-        outcome = handlers.request_approval_decision(model, version, decision == "approve", who, svc)
+        outcome = handlers.request_approval_decision(model, version, decision == "approve", who, svc, reason=reason)
     except LookupError as exc:  # UnknownModel, UnknownVersion
         return problem(404, str(exc))
     except NotAwaitingApproval as exc:

@@ -83,6 +83,7 @@ class PromoteVersion(_Command):
     version: str = Field(min_length=1)
     decision: Literal["won", "lost", "approved", "rejected"]
     decided_by: str | None = None
+    reason: str | None = Field(default=None, max_length=1000, description="why a person decided (recorded)")
 
 
 class DeployVersion(_Command):

@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         decide.add_argument("model")
         decide.add_argument("version")
         decide.add_argument("--by", default=os.environ.get("USER", "cli"))
+        decide.add_argument("--reason", help="why (recorded in the model's history)")
         _add_target(decide)
 
     rollback = commands.add_parser(

@@ -319,7 +319,7 @@ def decide(args: argparse.Namespace, *, approve: bool) -> Any:
     decision = "approve" if approve else "reject"
     response = _post(
         f"{args.host_url}/api/approvals/{args.model}/{args.version}/{decision}",
-        json={"by": args.by},
+        json={"by": args.by, **({"reason": args.reason} if args.reason else {})},
         headers={"x-functions-key": _function_key(args.state_dir)},
     )
     return _check(response).json()

@@ -204,12 +204,17 @@ def promote(envelope: Envelope, svc: Services) -> Outcome:
                 "approval",
                 f"v{version.version} rejected",
                 who=who,
+                why=command.reason or "",
                 version=version.version,
                 detail={"approval": Approval.REJECTED},
                 **link,
             ),
             *history.stage_moves(
-                model.name, [(version.version, Stage.STAGED, Stage.UNSTAGED)], who=who, why="rejected", link=link
+                model.name,
+                [(version.version, Stage.STAGED, Stage.UNSTAGED)],
+                who=who,
+                why=f"rejected: {command.reason}" if command.reason else "rejected",
+                link=link,
             ),
         ]
         if dropped:
@@ -241,6 +246,7 @@ def promote(envelope: Envelope, svc: Services) -> Outcome:
             "approval",
             f"v{version.version} approved",
             who=command.decided_by or "unknown",
+            why=command.reason or "",
             version=version.version,
             detail={"approval": Approval.APPROVED},
             **link,

@@ -237,7 +237,9 @@ def refuse_event(event_id: object, event_type: object, subject: str, reason: str
     return Outcome.REFUSED
 
 
-def request_approval_decision(model_name: str, version: str, approve: bool, who: str, svc: Services) -> Outcome:
+def request_approval_decision(
+    model_name: str, version: str, approve: bool, who: str, svc: Services, *, reason: str | None = None
+) -> Outcome:
     """An approve/reject from a person → the promote queue (serialised per model).
 
     Approvals of a held model are refused (``ModelHeld``, with the hold's reason); rejections go on.
@@ -256,7 +258,7 @@ def request_approval_decision(model_name: str, version: str, approve: bool, who:
             f"(stage={current.tags.get(domain.STAGE, 'none')}, approval={current.tags.get(domain.APPROVAL, 'none')})"
         )
     decision: Literal["approved", "rejected"] = "approved" if approve else "rejected"
-    command = PromoteVersion(model_name=model_name, version=version, decision=decision, decided_by=who)
+    command = PromoteVersion(model_name=model_name, version=version, decision=decision, decided_by=who, reason=reason)
     correlation = current.tags.get(domain.CORRELATION_ID)
     envelope = start(svc, command, cause=f"approval:{model_name}:{version}:{decision}")
     if correlation:

@@ -544,3 +544,19 @@ def test_latest_data_is_recorded_at_the_first_landing_then_by_each_landings_trai
     for envelope in landings:
         handlers.train(envelope, svc)
     assert registry.model_tags(MODEL)[domain.LATEST_DATA] == "file:///landing/iris/b.csv"
+
+
+def test_an_approval_or_rejection_records_who_and_why_in_the_history():
+    svc = services(environment="staging")
+    v1 = train_to_version(svc, accuracy=0.7, event_id="a")
+    drain(svc)
+    handlers.request_approval_decision(MODEL, v1, True, "alice", svc, reason="checked the confusion matrix")
+    drain(svc)
+    v2 = train_to_version(svc, accuracy=0.9, event_id="b")
+    drain(svc)
+    handlers.request_approval_decision(MODEL, v2, False, "bob", svc, reason="trained on last week's bad batch")
+    drain(svc)
+    decisions = [e for e in svc.registry.history(MODEL) if e.get("kind") == "approval" and e.get("who") != "auto"]
+    said = {(e["what"], e["who"], e["why"]) for e in decisions if e["who"] in ("alice", "bob")}
+    assert (f"v{v1} approved", "alice", "checked the confusion matrix") in said
+    assert (f"v{v2} rejected", "bob", "trained on last week's bad batch") in said

@@ -383,7 +383,7 @@ def test_every_request_the_page_sends_is_a_route_of_the_function_app_with_fields
         "models/{model}/rollback": operator._FIELDS["rollback"],
         "ops/deadletters/replay": (queues | {"dry_run", "max_replays"}) & (grid | {"dry_run", "max_replays"}),
         "ops/deadletters/purge": (queues | {"dry_run", "confirm"}) & (grid | {"dry_run", "confirm"}),
-        "approvals/{model}/{version:int}/{decision}": {"by", "reason"},  # the function reads by (reason: kept aside)
+        "approvals/{model}/{version:int}/{decision}": {"by", "reason"},  # both recorded (who decided, and why in the history)
     }
     for method, template, snippet, fields in PAGE_CALLS:
         assert snippet in page, f"the page no longer sends {snippet}"
