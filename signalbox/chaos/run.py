@@ -756,7 +756,8 @@ def _drive(
     # An operator replays what Event Grid dead-lettered: the files were trained by the sweep already.
     replay = _replay_dead_letters(host) if grid.dead_lettered else "none to replay"
     print(f"  Event Grid dead letters replayed: {replay}", file=out, flush=True)
-    while quiet < 3 or not _settled(host.state_dir)[0]:
+    quiet = 0
+    while quiet < 3:
         time.sleep(1.0)
         quiet = quiet + 1 if _settled(host.state_dir)[0] else 0
 
@@ -1024,7 +1025,12 @@ def _check(
         "; ".join(sampler.violations[:3] + [f"{n}: {v} at the end" for n, v in final_two.items()]),
     )
 
+    # A config update the drain's last deployment began (a slow one takes seconds) is not "left": let it apply.
+    settle_by = time.monotonic() + config.slow_update_seconds + 15
     endpoints = workspace.get("endpoints")
+    while time.monotonic() < settle_by and any(e.get("config_update") == "IN_PROGRESS" for e in endpoints.values()):
+        time.sleep(0.5)
+        endpoints = workspace.get("endpoints")
     wrong = []
     stale = []
     for m in range(config.models):
@@ -1038,6 +1044,12 @@ def _check(
         for entity, served in (endpoint.get("entities") or {}).items():
             if entity not in routed:
                 stale.append(f"{name}: {entity} (v{served.get('version')}, {served.get('state')})")
+                began = [
+                    f"{time.strftime('%H:%M:%S', time.localtime(u['at']))} {u['entities']} {u['routes']}"
+                    f"{' slow' if u.get('slow') else ''}"
+                    for u in endpoint.get("updates") or []
+                ]
+                print(f"  {name}'s last config updates: {'; '.join(began)}", file=sys.stderr)
     report.add("models with a production version", f"{len(production)} of {config.models}")
     report.add(
         "deployments (versions that reached production)",

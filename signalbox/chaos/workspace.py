@@ -55,8 +55,8 @@ half the time *after* (done, but the answer is lost). The host-metadata probe
   time that nobody has read since still says RUNNING.
 - ``GET /chaos/run-now-calls``: ``{count: served, received: faulted ones too, launched: new runs}``.
 - ``GET /chaos/endpoints``: ``{endpoint: {routes: {entity: pct}, entities: {entity: {model,
-  version, state, invocations}}, serving_version: the version at 100 % or null, config_update}}``,
-  from the applied config.
+  version, state, invocations}}, serving_version: the version at 100 % or null, config_update,
+  updates: the last ten config updates begun [{at, entities, routes, slow}]}}``, from the applied config.
 - ``GET /chaos/faults``: ``{rate, requests, total, by_kind: {kind: n}, by_target: {databricks|mlflow:
   {requests, faults, by_kind}}}``; ``POST /chaos/faults {"rate": r}`` sets the rate and answers it.
 - ``GET /chaos/degrades``: ``{capacity_failure_rate, capacity_failures: {code: n}, slow_update_rate,
@@ -317,6 +317,7 @@ class _Endpoint:
     config_version: int = 0
     updated_at: float = 0.0
     invocations: Counter[str] = field(default_factory=Counter)
+    updates: list[dict[str, Any]] = field(default_factory=list)  # the last config updates begun, for diagnosis
 
 
 @dataclass
@@ -533,6 +534,7 @@ class Workspace:
                     "entities": entities,
                     "serving_version": entities[full[0]]["version"] if full else None,
                     "config_update": "IN_PROGRESS" if endpoint.pending is not None else "NOT_UPDATING",
+                    "updates": list(endpoint.updates),
                 }
             return out
 
@@ -837,6 +839,10 @@ class Workspace:
         endpoint.updated_at = now
         self._degraded["updates"] += 1
         self._degraded["slow_updates"] += int(slow)
+        endpoint.updates = [
+            *endpoint.updates[-9:],
+            {"at": now, "entities": names, "routes": _routes({"traffic_config": traffic}), "slow": slow},
+        ]
         return None
 
     def _endpoint_document(self, endpoint: _Endpoint) -> dict[str, Any]:
