@@ -59,11 +59,23 @@ def _log_progress(what: str) -> Any:
     return progress
 
 
-def _record_replay(dead: Any, message: Any) -> None:
-    """The replay in the replayed command's model history."""
+def _operator(body: dict[str, Any]) -> tuple[str, str | None]:
+    """Who acts and why, from the body's optional ``by`` and ``reason`` (the ops page sends both)."""
+    who, reason = body.pop("by", None), body.pop("reason", None)
+    for name, value in (("by", who), ("reason", reason)):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{name} must be a string")
+    return (who or "operator (admin key)")[:200], (reason[:1000] if reason else None)
+
+
+def _record_replay(who: str, reason: str | None) -> Any:
+    """Record each replay in the replayed command's model history, as ``who`` for ``reason``."""
     from shared import history
 
-    history.replayed(runtime.services(), dead, message, who="operator (admin key)")
+    def record(dead: Any, message: Any) -> None:
+        history.replayed(runtime.services(), dead, message, who=who, reason=reason)
+
+    return record
 
 
 def _eventgrid_store() -> Any:
@@ -109,6 +121,7 @@ def _eventgrid_replay(req: func.HttpRequest, body: dict[str, Any]) -> func.HttpR
     from shared.deadletters import eventgrid, requests
 
     try:
+        who, reason = _operator(body)
         filters = eventgrid.parse_filters(body, now=_now(), extra=("dry_run", "max_replays"))
         dry_run = requests.parse_flag(body, "dry_run")
         max_replays = requests.parse_max_replays(body)
@@ -123,7 +136,13 @@ def _eventgrid_replay(req: func.HttpRequest, body: dict[str, Any]) -> func.HttpR
         )
     except ValueError as exc:
         return problem(400, str(exc))
-    log.info("Event Grid dead-letter replay %s: %s", eventgrid.filters_view(filters), report.counts())
+    log.info(
+        "Event Grid dead-letter replay %s by %s (%s): %s",
+        eventgrid.filters_view(filters),
+        who,
+        reason or "no reason",
+        report.counts(),
+    )
     return json_response(eventgrid.report_view(filters, report))
 
 
@@ -131,6 +150,7 @@ def _eventgrid_purge(body: dict[str, Any]) -> func.HttpResponse:
     from shared.deadletters import ALL_QUEUES, ConfirmationRequired, eventgrid, requests
 
     try:
+        who, reason = _operator(body)
         filters = eventgrid.parse_filters(body, now=_now(), extra=("dry_run", "confirm"))
         dry_run = requests.parse_flag(body, "dry_run")
         confirm = requests.parse_confirm(body)
@@ -145,7 +165,13 @@ def _eventgrid_purge(body: dict[str, Any]) -> func.HttpResponse:
         )
     except ValueError as exc:
         return problem(400, str(exc))
-    log.info("Event Grid dead-letter purge %s: %s", eventgrid.filters_view(filters), report.counts())
+    log.info(
+        "Event Grid dead-letter purge %s by %s (%s): %s",
+        eventgrid.filters_view(filters),
+        who,
+        reason or "no reason",
+        report.counts(),
+    )
     return json_response(eventgrid.report_view(filters, report))
 
 
@@ -210,6 +236,7 @@ def deadletters_replay(req: func.HttpRequest) -> func.HttpResponse:
         if _source(body) == "eventgrid":
             return _eventgrid_replay(req, body)
         body.pop("source", None)
+        who, reason = _operator(body)
         filters = requests.parse_filters(body, now=_now(), extra=("dry_run", "max_replays"))
         dry_run = requests.parse_flag(body, "dry_run")
         max_replays = requests.parse_max_replays(body)
@@ -221,7 +248,7 @@ def deadletters_replay(req: func.HttpRequest) -> func.HttpResponse:
                 dry_run=dry_run,
                 max_replays=max_replays,
                 progress=None if dry_run else _log_progress("replay"),
-                on_replayed=_record_replay,
+                on_replayed=_record_replay(who, reason),
             )
     except ValueError as exc:
         return problem(400, str(exc))
@@ -240,6 +267,7 @@ def deadletters_purge(req: func.HttpRequest) -> func.HttpResponse:
         if _source(body) == "eventgrid":
             return _eventgrid_purge(body)
         body.pop("source", None)
+        who, reason = _operator(body)
         filters = requests.parse_filters(body, now=_now(), extra=("dry_run", "confirm"))
         dry_run = requests.parse_flag(body, "dry_run")
         confirm = requests.parse_confirm(body)
@@ -249,5 +277,7 @@ def deadletters_purge(req: func.HttpRequest) -> func.HttpResponse:
             )
     except ValueError as exc:  # ConfirmationRequired included
         return problem(400, str(exc))
-    log.info("dead-letter purge %s: %s", views.filters_view(filters), report.counts())
+    log.info(
+        "dead-letter purge %s by %s (%s): %s", views.filters_view(filters), who, reason or "no reason", report.counts()
+    )
     return json_response(views.report(filters, report))

@@ -180,7 +180,7 @@ def stage_moves(
     ]
 
 
-def replayed(svc: Services, dead: DeadLetter, message: ReplayMessage, *, who: str) -> None:
+def replayed(svc: Services, dead: DeadLetter, message: ReplayMessage, *, who: str, reason: str | None = None) -> None:
     """Record a dead-letter replay in the history of the replayed command's model (never raises: it was sent)."""
     from shared.contracts import parse_envelope
 
@@ -194,7 +194,8 @@ def replayed(svc: Services, dead: DeadLetter, message: ReplayMessage, *, who: st
         "replay",
         f"{command.kind} replayed from the {dead.queue} dead-letter queue",
         who=who,
-        why=f"dead-lettered: {dead.reason or 'no reason'}: {dead.description or ''}".rstrip(": "),
+        why=(f"{reason} — " if reason else "")
+        + f"dead-lettered: {dead.reason or 'no reason'}: {dead.description or ''}".rstrip(": "),
         version=version,
         correlation_id=envelope.correlation_id,
         cause=message.message_id,

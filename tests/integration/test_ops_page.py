@@ -869,7 +869,13 @@ def test_every_action_asks_who_and_why_sends_it_and_shows_the_outcome(browser: A
     fill_dialog(browser, "Grace", "the endpoint is back")
     assert flash(browser, "Replayed").startswith("Replayed deploy m-dead-1 (1 replayed) by Grace")
     assert [p["body"] for p in stub.posts("/api/ops/deadletters/replay")][1:] == [
-        {"source": "queues", "queue": "deploy", "message_id": "m-dead-1"}
+        {
+            "source": "queues",
+            "queue": "deploy",
+            "message_id": "m-dead-1",
+            "by": "Grace",
+            "reason": "the endpoint is back",
+        }
     ]
     until(browser, "the replayed dead letter to go", lambda d: dead_row(d, "m-dead-1") is None)
 
@@ -886,6 +892,8 @@ def test_every_action_asks_who_and_why_sends_it_and_shows_the_outcome(browser: A
         "queue": "train",
         "message_id": "m-dead-2",
         "confirm": "train",
+        "by": "Grace",
+        "reason": "junk",
     }
     # An event Event Grid gave up on: shown as the event, replayed through the same dialog after a dry run.
     press(browser, "the Event Grid dead letter", lambda d: dead_row(d, "evt-1"), "show")
@@ -908,7 +916,13 @@ def test_every_action_asks_who_and_why_sends_it_and_shows_the_outcome(browser: A
     assert flash(browser, "Replayed landing_events").startswith("Replayed landing_events evt-1 (1 replayed) by Grace")
     assert [p["body"] for p in stub.posts("/api/ops/deadletters/replay")][2:] == [
         {"source": "eventgrid", "queue": "landing_events", "message_id": "evt-1", "dry_run": True},
-        {"source": "eventgrid", "queue": "landing_events", "message_id": "evt-1"},
+        {
+            "source": "eventgrid",
+            "queue": "landing_events",
+            "message_id": "evt-1",
+            "by": "Grace",
+            "reason": "the landing function is fixed",
+        },
     ]
     until(browser, "no dead letters", lambda d: "No dead letters." in d.find_element("id", "deadletters").text)
     log = [li.text for li in browser.find_elements("css selector", "#actions-log li")]

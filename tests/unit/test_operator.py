@@ -355,6 +355,40 @@ def test_a_dead_letter_replay_is_recorded_in_the_models_history():
     history.replayed(svc, malformed, replay_message(malformed), who="ops")  # nothing to record, no error
 
 
+def test_the_replay_function_records_the_operators_name_and_reason(monkeypatch):
+    from functions import operations
+    from shared import runtime
+
+    svc, _, _ = two_deployed()
+    operator.request_rollback(MODEL, None, "alice", "bad", "r2", svc)
+    (envelope,) = [e for e, _ in svc.bus.sent]
+    dead = DeadLetter(
+        queue="deploy",
+        message_id=envelope.message_id,
+        sequence_number=8,
+        body=envelope.to_json().encode(),
+        correlation_id=envelope.correlation_id,
+        session_id=MODEL,
+        application_properties={},
+        reason="MaxDeliveryCountExceeded",
+        description="503",
+        enqueued_time=None,
+        dead_lettered_time=None,
+        delivery_count=5,
+        replay_count=0,
+    )
+    monkeypatch.setattr(runtime, "_services", svc)
+    body = {"queue": "deploy", "by": "Grace", "reason": "the endpoint is back"}
+    who, reason = operations._operator(body)
+    assert body == {"queue": "deploy"}  # taken before the filters, which refuse unknown fields
+    operations._record_replay(who, reason)(dead, replay_message(dead))
+    (entry,) = [e for e in history.read(svc, MODEL) if e["kind"] == "replay"]
+    assert entry["who"] == "Grace" and entry["why"].startswith("the endpoint is back — dead-lettered")
+    assert operations._operator({}) == ("operator (admin key)", None)
+    with pytest.raises(ValueError, match="by must be a string"):
+        operations._operator({"by": 7})
+
+
 def test_the_rollback_command_travels_on_the_deploy_queue_in_the_models_session():
     command = RollbackModel(model_name=MODEL, to_version="1", requested_by="a", reason="b", request_id="r")
     envelope = Envelope.start(command, cause="rollback:x:r", environment="dev")

@@ -345,8 +345,8 @@ PAGE_CALLS = [
     (
         "POST",
         "ops/deadletters/replay",
-        'call("POST", "ops/deadletters/replay", selector(d))',
-        {"source", "queue", "message_id"},
+        'call("POST", "ops/deadletters/replay", selector(d, {by: by, reason: reason}))',
+        {"source", "queue", "message_id", "by", "reason"},
     ),
     (
         "POST",
@@ -357,8 +357,8 @@ PAGE_CALLS = [
     (
         "POST",
         "ops/deadletters/purge",
-        'call("POST", "ops/deadletters/purge", selector(d, {confirm: input.value.trim()}))',
-        {"source", "queue", "message_id", "confirm"},
+        'call("POST", "ops/deadletters/purge", selector(d, {confirm: input.value.trim(), by: by, reason: reason}))',
+        {"source", "queue", "message_id", "confirm", "by", "reason"},
     ),
 ]
 
@@ -381,9 +381,14 @@ def test_every_request_the_page_sends_is_a_route_of_the_function_app_with_fields
     grid = set(eventgrid.FILTER_FIELDS)
     accepted = {
         "models/{model}/rollback": operator._FIELDS["rollback"],
-        "ops/deadletters/replay": (queues | {"dry_run", "max_replays"}) & (grid | {"dry_run", "max_replays"}),
-        "ops/deadletters/purge": (queues | {"dry_run", "confirm"}) & (grid | {"dry_run", "confirm"}),
-        "approvals/{model}/{version:int}/{decision}": {"by", "reason"},  # both recorded (who decided, and why in the history)
+        # by/reason are taken before either source's filters (functions/operations.py ``_operator``).
+        "ops/deadletters/replay": (queues | {"dry_run", "max_replays"}) & (grid | {"dry_run", "max_replays"})
+        | {"by", "reason"},
+        "ops/deadletters/purge": (queues | {"dry_run", "confirm"}) & (grid | {"dry_run", "confirm"}) | {"by", "reason"},
+        "approvals/{model}/{version:int}/{decision}": {
+            "by",
+            "reason",
+        },  # both recorded (who decided, and why in the history)
     }
     for method, template, snippet, fields in PAGE_CALLS:
         assert snippet in page, f"the page no longer sends {snippet}"
