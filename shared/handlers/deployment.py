@@ -251,6 +251,7 @@ def retire(envelope: Envelope, svc: Services) -> Outcome:
     while the platform is still busy: retried with backoff by the dispatcher)."""
     command = envelope.command
     assert isinstance(command, DeployVersion) and command.retire_slot and command.retire_version
+    old_slot = command.retire_slot
     model = svc.catalogue.get(command.model_name)
     if model.deployment is None:
         return Outcome.SKIPPED
@@ -259,8 +260,21 @@ def retire(envelope: Envelope, svc: Services) -> Outcome:
     if current is not None and current.slot == command.retire_slot:
         return Outcome.SKIPPED  # the slot serves again (a rollback to it)
     if svc.registry.versions_with_tag(model.name, domain.STAGE, Stage.STAGED):
-        # A newer version may be starting in that idle slot; its start replaces the old deployment.
-        return Outcome.SKIPPED
+        # A newer version may be starting in that idle slot (its start replaces the old deployment); it
+        # may also never start (superseded, rejected): look again later rather than leave the old one up.
+        attempt = command.attempt + 1
+        if attempt >= svc.settings.retry_max_attempts:
+            log.warning("%s v%s in slot %s left: a version stayed staged", model.name, command.retire_version, old_slot)
+            return Outcome.SKIPPED
+        again = command.model_copy(update={"attempt": attempt})
+        delay = domain.retry_delay(attempt, svc.settings.retry_initial_seconds, svc.settings.retry_max_seconds, 0.5)
+        svc.bus.send(
+            envelope.follow(
+                again, cause=f"retire:{endpoint}:{old_slot}:{command.retire_version}:{attempt}", now=svc.clock()
+            ),
+            scheduled_at=svc.clock() + delay,
+        )
+        return Outcome.RETRYING
     old = Deployment(endpoint, model.name, command.retire_version, command.retire_slot, command.retire_url or "")
     svc.serving.stop(old)
     return Outcome.RETIRED

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared import handlers
+from shared import domain, handlers
+from shared.domain import Stage
 from shared.errors import TransientError
 from shared.handlers import deployment
 from shared.ports import Deployment
@@ -78,4 +79,34 @@ def test_the_old_deployment_is_stopped_when_the_route_was_applied_but_its_answer
 
     serving.stop = stop_by_slot  # type: ignore[method-assign]
     assert handlers.PIPELINE["deploy"](retire, svc) == "retired"
+    assert [d.version for d in serving.running] == [v2]
+
+
+def test_a_retire_waits_while_a_version_is_staged_and_then_stops_the_old_deployment() -> None:
+    # Found by signalbox chaos: a retire skipped while a newer version was staged left the old served
+    # entity up for good when that version never started (superseded or not approved).
+    from tests.unit.test_cloud_degrades import _BusyEndpoint
+
+    svc = services()
+    svc.serving = serving = _BusyEndpoint()
+    v1 = train_to_version(svc, accuracy=0.7, event_id="a")
+    drain(svc)
+    v2 = train_to_version(svc, accuracy=0.9, event_id="b")
+    serving.busy = 1
+    for kind in ("evaluate", "promote", "deploy"):
+        for envelope in svc.bus.take(kind):
+            handlers.PIPELINE[kind](envelope, svc)
+    (retire,) = svc.bus.take("deploy")
+    v3 = train_to_version(svc, accuracy=0.95, event_id="c")
+    for kind in ("evaluate", "promote"):
+        for envelope in svc.bus.take(kind):
+            handlers.PIPELINE[kind](envelope, svc)
+    assert svc.registry.stage(MODEL, v3) == "staged"
+    svc.bus.take("deploy")  # v3's deployment never runs: it stays staged
+    assert handlers.PIPELINE["deploy"](retire, svc) == "retrying"
+    (again,) = svc.bus.take("deploy")
+    assert again.command.retire_version == v1 and again.command.attempt == 1
+    assert sorted(d.version for d in serving.running) == [v1, v2]
+    svc.registry.set_version_tags(MODEL, v3, {domain.STAGE: Stage.UNSTAGED})  # superseded, never started
+    assert handlers.PIPELINE["deploy"](again, svc) == "retired"
     assert [d.version for d in serving.running] == [v2]
