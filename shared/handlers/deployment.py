@@ -188,13 +188,20 @@ def _blue_green(
         svc.serving.stop(candidate)
         return Outcome.SUPERSEDED
     svc.serving.route(endpoint, candidate)
+    if previous is not None and previous.slot != candidate.slot:
+        left = [previous]
+    else:  # an earlier delivery moved the traffic here (a readiness check's): what served is in the registry
+        left = _served_before(svc, model_name, version, endpoint, candidate.slot)
     try:
         url = svc.serving.endpoint_url(endpoint)
         succeed({"mode": "real_time", "endpoint": endpoint, "url": url, "slot": candidate.slot})
     finally:
         # Even when recording fails: its retry finds the traffic moved and no longer knows the old one.
-        if previous is not None and previous.slot != candidate.slot:
-            _retire(svc, envelope, previous)
+        for old in left:
+            if old is previous:
+                _retire(svc, envelope, old)
+            else:
+                _retire_later(svc, envelope, old, "the traffic moved in an earlier delivery")
     return Outcome.DEPLOYED
 
 

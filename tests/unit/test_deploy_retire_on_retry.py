@@ -110,3 +110,34 @@ def test_a_retire_waits_while_a_version_is_staged_and_then_stops_the_old_deploym
     svc.registry.set_version_tags(MODEL, v3, {domain.STAGE: Stage.UNSTAGED})  # superseded, never started
     assert handlers.PIPELINE["deploy"](again, svc) == "retired"
     assert [d.version for d in serving.running] == [v2]
+
+
+def test_after_readiness_checks_a_retry_that_finds_the_traffic_moved_still_retires_the_old_deployment() -> None:
+    # Found by signalbox chaos: a readiness check's message (candidate slot set) whose route applied but
+    # whose answer was lost: its retry saw the candidate serving and retired nothing.
+    svc = services()
+    svc.serving = serving = FakeServing()
+    v1 = train_to_version(svc, accuracy=0.7, event_id="a")
+    drain(svc)
+    v2 = train_to_version(svc, accuracy=0.9, event_id="b")
+    serving.slow_versions[v2] = 1
+    for kind in ("evaluate", "promote", "deploy"):
+        for envelope in svc.bus.take(kind):
+            handlers.PIPELINE[kind](envelope, svc)
+    (check,) = svc.bus.take("deploy")  # the readiness check: the candidate is named on the command
+    assert check.command.candidate_slot
+    route = serving.route
+
+    def applied_but_lost(endpoint: str, target: object) -> None:
+        route(endpoint, target)  # type: ignore[arg-type]
+        serving.route = route  # type: ignore[method-assign]
+        raise TransientError("Databricks unreachable (ReadTimeout)")
+
+    serving.route = applied_but_lost  # type: ignore[method-assign]
+    with pytest.raises(TransientError):
+        handlers.PIPELINE["deploy"](check, svc)
+    assert handlers.PIPELINE["deploy"](check, svc) == "deployed"
+    assert svc.registry.stage(MODEL, v2) == "production"
+    (retire,) = svc.bus.take("deploy")
+    (old,) = [d for d in serving.running if d.version == v1]
+    assert (retire.command.retire_version, retire.command.retire_slot) == (v1, old.slot)
