@@ -86,6 +86,14 @@ class ConfirmationRequired(InvalidInput):
     """A purge was asked for without the confirmation it needs; the message says what to type."""
 
 
+def check_limit_and_since(limit: int | None, since: datetime | None) -> None:
+    """A filter's ``limit`` is a whole number ≥ 1 and its ``since`` timezone-aware; ``ValueError`` otherwise."""
+    if limit is not None and (isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"limit must be a whole number of at least 1, got {limit!r}")
+    if since is not None and (since.tzinfo is None or since.utcoffset() is None):
+        raise ValueError(f"since must be timezone-aware, got {since!r}")
+
+
 @dataclass(frozen=True)
 class Filters:
     """Which dead letters an operation touches; every given criterion must match."""
@@ -98,10 +106,7 @@ class Filters:
     limit: int | None = None
 
     def __post_init__(self) -> None:
-        if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
-            raise ValueError(f"limit must be a whole number of at least 1, got {self.limit!r}")
-        if self.since is not None and (self.since.tzinfo is None or self.since.utcoffset() is None):
-            raise ValueError(f"since must be timezone-aware, got {self.since!r}")
+        check_limit_and_since(self.limit, self.since)
 
     def matches(self, dead: DeadLetter) -> bool:
         """Whether one dead letter matches (the limit aside)."""

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, Protocol
 
-from shared.deadletters import DEFAULT_MAX_REPLAYS, SCAN_LIMIT
+from shared.deadletters import DEFAULT_MAX_REPLAYS, SCAN_LIMIT, check_limit_and_since
 
 __all__ = [
     "DEAD_LETTER_FIELDS",
@@ -356,10 +356,7 @@ class EventGridFilters:
     limit: int | None = None
 
     def __post_init__(self) -> None:
-        if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
-            raise ValueError(f"limit must be a whole number of at least 1, got {self.limit!r}")
-        if self.since is not None and (self.since.tzinfo is None or self.since.utcoffset() is None):
-            raise ValueError(f"since must be timezone-aware, got {self.since!r}")
+        check_limit_and_since(self.limit, self.since)
 
     def matches(self, dead: EventGridDeadLetter) -> bool:
         """Whether one dead letter matches (the limit aside)."""

@@ -325,25 +325,30 @@ def test_a_transient_history_failure_retries_the_command():
         handlers.evaluate(evaluate, svc)
 
 
-def test_a_dead_letter_replay_is_recorded_in_the_models_history():
-    svc, v1, _ = two_deployed()
-    operator.request_rollback(MODEL, None, "alice", "bad", "r1", svc)
-    (envelope,) = [e for e, _ in svc.bus.sent]
-    dead = DeadLetter(
+def _dead_rollback(envelope, sequence_number: int, reason: str, description: str) -> DeadLetter:
+    """The rollback command in ``envelope``, dead-lettered from the deploy queue."""
+    return DeadLetter(
         queue="deploy",
         message_id=envelope.message_id,
-        sequence_number=7,
+        sequence_number=sequence_number,
         body=envelope.to_json().encode(),
         correlation_id=envelope.correlation_id,
         session_id=MODEL,
         application_properties={},
-        reason="PermanentError",
-        description="the endpoint refused the update",
+        reason=reason,
+        description=description,
         enqueued_time=None,
         dead_lettered_time=None,
         delivery_count=1,
         replay_count=0,
     )
+
+
+def test_a_dead_letter_replay_is_recorded_in_the_models_history():
+    svc, v1, _ = two_deployed()
+    operator.request_rollback(MODEL, None, "alice", "bad", "r1", svc)
+    (envelope,) = [e for e, _ in svc.bus.sent]
+    dead = _dead_rollback(envelope, 7, "PermanentError", "the endpoint refused the update")
     message = replay_message(dead)
     history.replayed(svc, dead, message, who="operator (admin key)")
     history.replayed(svc, dead, message, who="operator (admin key)")  # a retried replay: shown once
@@ -362,21 +367,7 @@ def test_the_replay_function_records_the_operators_name_and_reason(monkeypatch):
     svc, _, _ = two_deployed()
     operator.request_rollback(MODEL, None, "alice", "bad", "r2", svc)
     (envelope,) = [e for e, _ in svc.bus.sent]
-    dead = DeadLetter(
-        queue="deploy",
-        message_id=envelope.message_id,
-        sequence_number=8,
-        body=envelope.to_json().encode(),
-        correlation_id=envelope.correlation_id,
-        session_id=MODEL,
-        application_properties={},
-        reason="MaxDeliveryCountExceeded",
-        description="503",
-        enqueued_time=None,
-        dead_lettered_time=None,
-        delivery_count=5,
-        replay_count=0,
-    )
+    dead = _dead_rollback(envelope, 8, "MaxDeliveryCountExceeded", "503")
     monkeypatch.setattr(runtime, "_services", svc)
     body = {"queue": "deploy", "by": "Grace", "reason": "the endpoint is back"}
     who, reason = operations._operator(body)
