@@ -48,7 +48,9 @@ def _host(tmp_path: Path) -> HostProcess:
     return HostProcess(
         tmp_path / "state",
         args=("--with-mlflow",),
-        env={**_clean_env(), "SIGNALBOX_CATALOGUE": CATALOGUE},
+        # The sweeps run when the test fires them, never on their own (a timer fire racing the test's
+        # would take its minute: one sweep per model per minute, whoever sends it).
+        env={**_clean_env(), "SIGNALBOX_CATALOGUE": CATALOGUE, "SIGNALBOX_RECONCILE_SCHEDULE": "0 0 0 1 1 *"},
         log_dir=tmp_path,
         new_session=True,
     )
@@ -69,7 +71,21 @@ def _restart(host: HostProcess, stack: Stack) -> None:
     stack.__dict__.pop("mlflow", None)  # the cached client
 
 
+_FIRED: dict[str, str] = {}
+
+
+def _sweep_minute() -> str:
+    """The minute a fire counts for (shared/handlers/reconcile.py schedule_sweeps: the nearest minute)."""
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) + timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M")
+
+
 def _fire_reconcile(stack: Stack) -> None:
+    """Fire the reconcile timer by hand, in a minute no earlier fire of this stack took."""
+    while _sweep_minute() == _FIRED.get(stack.url):
+        time.sleep(1)
+    _FIRED[stack.url] = _sweep_minute()
     answer = requests.post(
         f"{stack.url}/admin/functions/reconcile", headers={"x-functions-key": stack.master_key}, timeout=30
     )
