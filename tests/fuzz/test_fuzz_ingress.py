@@ -562,6 +562,31 @@ def _key_kinds() -> dict[str, str]:
     return kinds
 
 
+def _the_worker_refuses(case: Any) -> bool:
+    """An Event Grid delivery with an event azure-functions' own converter cannot bind (an ``eventTime``
+    with a non-UTC offset): the Python worker fails that invocation, so Azure answers 500 and Event Grid
+    retries it, then dead-letters it. The local host does the same (it binds with the same converter)."""
+    import json
+
+    from azure.functions import eventgrid, meta
+
+    if case.operation.path != "/runtime/webhooks/EventGrid":
+        return False
+    events = case.body if isinstance(case.body, list) else [case.body]
+    for event in events:
+        if not isinstance(event, dict) or "specversion" in event:
+            continue
+        try:
+            eventgrid.EventGridEventInConverter.decode(
+                meta.Datum(type="json", value=json.dumps(event)), trigger_metadata={}
+            )
+        except ValueError:
+            return True
+        except Exception:  # noqa: S112 - anything else the host refuses itself (400), judged as usual
+            continue
+    return False
+
+
 def test_openapi_description_with_schemathesis(fuzz_world: FuzzWorld) -> None:
     schema = schemathesis.openapi.from_path(SPEC)
     cases = st.one_of(schema.as_strategy(GenerationMode.POSITIVE), schema.as_strategy(GenerationMode.NEGATIVE))
@@ -594,6 +619,12 @@ def test_openapi_description_with_schemathesis(fuzz_world: FuzzWorld) -> None:
             ) from exc
         finally:
             figures.seconds += time.monotonic() - started
+        if response.status_code == 500 and _the_worker_refuses(case):
+            figures.statuses[500] += 1
+            assert fuzzer.watcher.since(mark) == [], (
+                f"queued from an event the worker refuses: {case.as_curl_command()}"
+            )
+            return
         new = fuzzer.check(OPENAPI, response.status_code, response.text, expect, mark, case.as_curl_command())
         if replay and response.status_code == 200:
             assert len(new) == response.json()["counts"].get("replayed", 0)
