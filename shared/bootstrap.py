@@ -37,7 +37,11 @@ MLFLOW_URIS: Mapping[str, Callable[[Settings], tuple[str, str | None]]] = {
     "azureml": azureml.mlflow_uris,
 }
 REGISTRY: Callable[[Wiring], Registry] = mlflow.make_registry
-EVALUATOR: Callable[[Wiring], Evaluator] = mlflow.make_evaluator
+# SIGNALBOX_REGISTRY → the evaluator (Azure ML's model files are not MLflow's to download).
+EVALUATOR: Mapping[str, Callable[[Wiring], Evaluator]] = {
+    "mlflow": mlflow.make_evaluator,
+    "azureml": azureml.make_evaluator,
+}
 # training.backend of a catalogue model → its compute.
 COMPUTE: Mapping[str, Callable[[Wiring], Compute]] = {
     "local": local.make_compute,
@@ -123,7 +127,7 @@ def bootstrap(settings: Settings | None = None) -> Services:
         bus=bus,
         registry=REGISTRY(wiring),
         compute={backend: COMPUTE[backend](wiring) for backend in backends | {"local"}},
-        evaluator=EVALUATOR(wiring),
+        evaluator=EVALUATOR[settings.registry](wiring),
         serving=SERVING[settings.serving](wiring),
         landing=LANDING[settings.landing](wiring),
         events=EVENTS[settings.events](wiring),

@@ -158,6 +158,13 @@ def check_cloud_settings(settings: Settings, backends: set[str]) -> None:
             problems.append(f"{use} needs {', '.join(missing_azureml)}")
         if use.endswith("databricks") and not (settings.databricks_host or os.environ.get("DATABRICKS_CONFIG_PROFILE")):
             problems.append(f"{use} needs DATABRICKS_HOST (https://adb-….azuredatabricks.net)")
+    if settings.registry == "azureml" and settings.serving != "azureml":
+        # Local scoring servers and Databricks Model Serving load models:/ through MLflow, which cannot
+        # read the workspace's azureml:// artifacts without the azureml-mlflow plugin.
+        problems.append(
+            f"SIGNALBOX_SERVING={settings.serving} cannot serve models from SIGNALBOX_REGISTRY=azureml; "
+            "use SIGNALBOX_SERVING=azureml (managed online endpoints)"
+        )
     if settings.serving != "local" and settings.tracking_uri.startswith(("sqlite:", "file:")):
         problems.append(f"SIGNALBOX_SERVING={settings.serving} needs a shared MLFLOW_TRACKING_URI, not a local store")
     if problems:

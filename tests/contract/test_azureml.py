@@ -21,6 +21,7 @@ does not serve.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -142,6 +143,9 @@ class FakeAzureML:
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.logs: dict[tuple[str, str], str] = {}
         self.scores: dict[tuple[str, str], tuple[int, Any]] = {}
+        self.models: dict[tuple[str, str], dict[str, Any]] = {}
+        self.datastores: dict[str, dict[str, Any]] = {}
+        self.datastore_keys: dict[str, str] = {}
         self.score_headers: dict[tuple[str, str], dict[str, str]] = {}
         self.operations: dict[str, Callable[[], Answer]] = {}
         self.hold_endpoint_updates = False
@@ -238,6 +242,56 @@ class FakeAzureML:
             }
             self.deployments[(endpoint, slot)] = self._deployment_resource(endpoint, slot, body, state)
 
+    def add_model_version(self, name: str, version: str, model_uri: str, model_type: str = "mlflow_model") -> None:
+        """A model asset version as ``Model Versions - Get`` (2024-04-01) returns it."""
+        with self.lock:
+            self.models[(name, version)] = {
+                "id": f"{WS_PATH}/models/{name}/versions/{version}",
+                "name": version,
+                "type": "Microsoft.MachineLearningServices/workspaces/models/versions",
+                "properties": {
+                    "description": None,
+                    "tags": {},
+                    "properties": {},
+                    "isAnonymous": False,
+                    "isArchived": False,
+                    "flavors": {"python_function": {"data": {"loader_module": "mlflow.sklearn"}}},
+                    "modelType": model_type,
+                    "modelUri": model_uri,
+                    "provisioningState": "Succeeded",
+                },
+                "systemData": {"createdAt": _now(), "createdBy": "signalbox", "createdByType": "User"},
+            }
+
+    def add_blob_datastore(self, name: str, account: str, container: str, key: str | None) -> None:
+        """An Azure Blob datastore as ``Datastores - Get`` returns it: with an account key, or identity-based."""
+        credentials: dict[str, Any] = (
+            {"credentialsType": "AccountKey", "secrets": {"secretsType": "AccountKey"}}
+            if key
+            else {"credentialsType": "None"}
+        )
+        with self.lock:
+            self.datastores[name] = {
+                "id": f"{WS_PATH}/datastores/{name}",
+                "name": name,
+                "type": "Microsoft.MachineLearningServices/workspaces/datastores",
+                "properties": {
+                    "description": None,
+                    "tags": {},
+                    "isDefault": False,
+                    "properties": None,
+                    "credentials": credentials,
+                    "datastoreType": "AzureBlob",
+                    "accountName": account,
+                    "containerName": container,
+                    "endpoint": "core.windows.net",
+                    "protocol": "https",
+                },
+                "systemData": {"createdAt": _now(), "createdBy": "signalbox", "createdByType": "User"},
+            }
+            if key:
+                self.datastore_keys[name] = key
+
     def set_deployment_state(self, endpoint: str, slot: str, state: str) -> None:
         with self.lock:
             self.deployments[(endpoint, slot)]["properties"]["provisioningState"] = state
@@ -284,6 +338,9 @@ class FakeAzureML:
             (r"onlineEndpoints/([^/]+)/deployments", self._list_deployments),
             (r"onlineEndpoints/([^/]+)/deployments/([^/]+)", self._deployment),
             (r"onlineEndpoints/([^/]+)/deployments/([^/]+)/getLogs", self._logs),
+            (r"models/([^/]+)/versions/([^/]+)", self._model_version),
+            (r"datastores/([^/]+)", self._datastore),
+            (r"datastores/([^/]+)/listSecrets", self._datastore_secrets),
         ):
             match = re.fullmatch(pattern, rest)
             if match:
@@ -309,7 +366,7 @@ class FakeAzureML:
                 "portal": "https://portal.signalbox.test/",
                 "resourceManager": f"{self.base}/",
                 "authentication": {"loginEndpoint": f"{self.base}/login/", "audiences": [f"{self.base}/"]},
-                "suffixes": {"storage": "blob.signalbox.test"},
+                "suffixes": {"storage": "core.windows.net"},
             }
         ]
 
@@ -508,6 +565,30 @@ class FakeAzureML:
 
         return 201, resource, {"Azure-AsyncOperation": self._operation(progress), **SLOW}
 
+    # -- model assets and datastores ---------------------------------------------------------------
+
+    def _model_version(self, call: Call, name: str, version: str) -> Answer:
+        if call.method != "GET":
+            return self._unexpected(call)
+        body = self.models.get((name, version))
+        if body is None:
+            return _error(404, "UserError", f"Could not find asset with name: {name}, version: {version}")
+        return 200, body, {}
+
+    def _datastore(self, call: Call, name: str) -> Answer:
+        if call.method != "GET":
+            return self._unexpected(call)
+        body = self.datastores.get(name)
+        return (200, body, {}) if body else _error(404, "UserError", f"Datastore {name} not found")
+
+    def _datastore_secrets(self, call: Call, name: str) -> Answer:
+        if call.method != "POST":
+            return self._unexpected(call)
+        key = self.datastore_keys.get(name)
+        if key is None:
+            return _error(400, "UserError", f"Datastore {name} has no secrets")
+        return 200, {"secretsType": "AccountKey", "key": key}, {}
+
     def _logs(self, call: Call, endpoint: str, slot: str) -> Answer:
         return 200, {"content": self.logs.get((endpoint, slot), "")}, {}
 
@@ -538,6 +619,13 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture
 def fake(certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAzureML]:
     """The fake, with this process's Azure ML SDK pointed at it and trusting its certificate."""
+    with fake_azureml(certificate, monkeypatch) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def fake_azureml(certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAzureML]:
+    """A ``FakeAzureML`` the SDK in this process reaches as its cloud; checks it heard nothing unknown."""
     server = FakeAzureML(*certificate)
     monkeypatch.setenv("ARM_CLOUD_METADATA_URL", f"{server.base}/metadata/endpoints?api-version=2019-05-01")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate[0]))

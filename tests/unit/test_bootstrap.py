@@ -84,7 +84,7 @@ def test_every_value_a_setting_accepts_has_one_factory_in_the_tables():
         return set(typing.get_args(model.model_fields[field].annotation))
 
     assert choices(Settings, "bus") == set(bootstrap.QUEUES)
-    assert choices(Settings, "registry") == set(bootstrap.MLFLOW_URIS)
+    assert choices(Settings, "registry") == set(bootstrap.MLFLOW_URIS) == set(bootstrap.EVALUATOR)
     assert choices(Settings, "serving") == set(bootstrap.SERVING)
     assert choices(Settings, "landing") == set(bootstrap.LANDING)
     assert choices(Settings, "events") == set(bootstrap.EVENTS)
@@ -100,8 +100,10 @@ def test_importing_an_adapter_module_does_not_replace_its_package_factory():
 
     for info in pkgutil.walk_packages(shared.adapters.__path__, "shared.adapters."):
         importlib.import_module(info.name)
-    tables = [bootstrap.QUEUES, bootstrap.COMPUTE, bootstrap.SERVING, bootstrap.LANDING, bootstrap.EVENTS]
-    for factory in [f for table in tables for f in table.values()] + [bootstrap.REGISTRY, bootstrap.EVALUATOR]:
+    tables = [
+        bootstrap.QUEUES, bootstrap.EVALUATOR, bootstrap.COMPUTE, bootstrap.SERVING, bootstrap.LANDING, bootstrap.EVENTS
+    ]  # fmt: skip
+    for factory in [f for table in tables for f in table.values()] + [bootstrap.REGISTRY]:
         assert callable(factory) and factory.__name__.startswith("make_"), factory
     for package in ("local", "servicebus", "databricks", "azureml", "azure", "mlflow"):
         module = importlib.import_module(f"shared.adapters.{package}")

@@ -30,6 +30,7 @@ def test_a_wrong_value_names_the_setting(monkeypatch):
         ({"AZUREML_WORKSPACE": "ws"}, {"azureml"}, "AZUREML_SUBSCRIPTION_ID, AZUREML_RESOURCE_GROUP"),
         ({"SIGNALBOX_SERVING": "azureml"}, set(), "SIGNALBOX_SERVING=azureml needs AZUREML_SUBSCRIPTION_ID"),
         ({"SIGNALBOX_REGISTRY": "azureml"}, set(), "SIGNALBOX_REGISTRY=azureml needs"),
+        ({"SIGNALBOX_REGISTRY": "azureml"}, set(), "SIGNALBOX_SERVING=local cannot serve models from"),
         (
             {
                 "SIGNALBOX_SERVING": "databricks",

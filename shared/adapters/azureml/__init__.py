@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from shared.adapters import Wiring
-    from shared.ports import Compute, Serving
+    from shared.ports import Compute, Evaluator, Serving
     from shared.settings import Settings
 
 
@@ -33,6 +33,24 @@ def make_serving(wiring: Wiring) -> Serving:
         workspace=settings.azureml_workspace,
         instance_type=settings.azureml_instance_type,
     )
+
+
+def make_evaluator(wiring: Wiring) -> Evaluator:
+    """MLflow's pyfunc evaluator, taking model files from the workspace (MLflow cannot read ``azureml://``).
+
+    The workspace is the registry URI's; a registry elsewhere (an explicit non-Azure ML URI) is MLflow's alone.
+    """
+    from shared.adapters.azureml.mlflow_auth import workspace_of
+    from shared.adapters.mlflow.evaluator import MlflowEvaluator
+
+    workspace = workspace_of(wiring.registry_uri or wiring.tracking_uri)
+    if workspace is None:
+        return MlflowEvaluator(wiring.tracking_uri, wiring.registry_uri)
+    from shared.adapters.azureml.model_files import AzureMLModelFiles
+
+    subscription, resource_group, name = workspace
+    files = AzureMLModelFiles(subscription_id=subscription, resource_group=resource_group, workspace=name)
+    return MlflowEvaluator(wiring.tracking_uri, wiring.registry_uri, model_files=files)
 
 
 def mlflow_uris(settings: Settings) -> tuple[str, str | None]:

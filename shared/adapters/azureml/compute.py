@@ -252,8 +252,8 @@ class Workspace:
         subscription_id: str,
         resource_group: str,
         workspace: str,
-        credential: TokenCredential | None,
-        client: MLClient | None,
+        credential: TokenCredential | None = None,
+        client: MLClient | None = None,
     ) -> None:
         self.subscription_id = subscription_id
         self.resource_group = resource_group

@@ -27,7 +27,15 @@ from mlflow.tracking.request_auth.abstract_request_auth_provider import RequestA
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-__all__ = ["AUTH_NAME", "AzureMLRequestAuthProvider", "EntraBearerAuth", "enable", "https_tracking_uri", "token_scope"]
+__all__ = [
+    "AUTH_NAME",
+    "AzureMLRequestAuthProvider",
+    "EntraBearerAuth",
+    "enable",
+    "https_tracking_uri",
+    "token_scope",
+    "workspace_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,22 @@ def https_tracking_uri(uri: str) -> str:
         raise ValueError(f"not an Azure ML workspace tracking URI: {uri!r}")
     # MLflow 2 and 3 speak the workspace's v2.0 MLflow API, whatever version the workspace reports.
     return f"https://{match['netloc']}/mlflow/v2.0{match['scope']}"
+
+
+_WORKSPACE_PATH = re.compile(
+    r"/mlflow/v[12]\.0/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<resource_group>[^/]+)"
+    r"/providers/Microsoft\.MachineLearningServices/workspaces/(?P<workspace>[^/?#]+)/?$",
+    re.IGNORECASE,
+)
+
+
+def workspace_of(uri: str | None) -> tuple[str, str, str] | None:
+    """(subscription, resource group, workspace) of an Azure ML MLflow URI (https or azureml); else ``None``."""
+    parts = requests.utils.urlparse(uri or "")
+    if parts.scheme not in ("https", "azureml") or token_scope(parts.hostname) is None:
+        return None
+    match = _WORKSPACE_PATH.match(parts.path)
+    return (match["subscription"], match["resource_group"], match["workspace"]) if match else None
 
 
 def _now() -> float:

@@ -6,7 +6,9 @@ The dataset is a CSV with the model's input columns and the truth in ``target``.
 
 On Unity Catalog a version's files sit in storage only UC's temporary credentials can read: they
 are downloaded through ``models:/NAME/VERSION`` under the UC registry URI, so MLflow's UC artifact
-repository asks for those credentials. Elsewhere the version's download URI is read directly.
+repository asks for those credentials. A registry whose artifact URIs MLflow cannot read (Azure ML's
+``azureml://``) hands the evaluator its own ``ModelFiles``. Elsewhere the version's download URI is
+read directly.
 MLflow failures surface as Signalbox errors (``shared.adapters.mlflow.client.translate``).
 """
 
@@ -19,7 +21,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -28,7 +30,7 @@ from shared.adapters.mlflow.client import bound_http_defaults, translate
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["CACHED_MODELS", "METRICS", "TARGET", "MlflowEvaluator"]
+__all__ = ["CACHED_MODELS", "METRICS", "TARGET", "MlflowEvaluator", "ModelFiles"]
 
 TARGET = "target"
 CACHED_MODELS = 16
@@ -87,10 +89,24 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
+class ModelFiles(Protocol):
+    """Where a registry's model files come from when MLflow cannot fetch them itself."""
+
+    def fetch(self, model_name: str, version: str, into: Path) -> Path:
+        """Download the version's files below ``into``; returns the folder holding its ``MLmodel``."""
+        ...
+
+
 class MlflowEvaluator:
     """Loads ``models:/NAME/VERSION`` as pyfunc (once per version) and scores it on a CSV."""
 
-    def __init__(self, tracking_uri: str, registry_uri: str | None = None, data_root: Path | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        registry_uri: str | None = None,
+        data_root: Path | None = None,
+        model_files: ModelFiles | None = None,
+    ) -> None:
         bound_http_defaults()  # before the first request: MLflow reads them per request
         self._tracking_uri = tracking_uri
         # MLflow draws a terminal progress bar per download: noise in a function's log stream.
@@ -102,6 +118,7 @@ class MlflowEvaluator:
 
         self._registry_uri: str = str(MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)._registry_uri)
         self._data_root = data_root
+        self._model_files = model_files
         # The champion is scored again for every challenger; a challenger mostly once: keep the
         # most recently used few, so a long-running worker's memory does not grow per version.
         self._models: OrderedDict[tuple[str, str], Any] = OrderedDict()
@@ -176,6 +193,8 @@ class MlflowEvaluator:
     def _download(self, key: tuple[str, str]) -> str:
         """Download one version's artifacts into a folder of its own; returns the folder."""
         model_name = key[0]
+        if self._model_files is not None:
+            return str(self._model_files.fetch(model_name, key[1], Path(tempfile.mkdtemp(dir=self._downloads.name))))
         import mlflow.artifacts
         from mlflow import MlflowClient
         from mlflow.utils.uri import is_databricks_unity_catalog_uri
