@@ -15,7 +15,10 @@ The shapes are those of the Databricks REST reference and MLflow's protos
   storage mode; in ``DEFAULT_STORAGE`` mode the files are read through the Files API
   (``/api/2.0/fs/directories``, ``/api/2.0/fs/create-download-url``) and a presigned URL served here.
 - Workspace registry, ``/api/2.0/mlflow/...``: a search takes one condition and answers tags; every
-  alias endpoint answers ``INTERNAL_ERROR`` as Databricks does for workspace-registry models.
+  alias endpoint answers ``INTERNAL_ERROR`` as Databricks does for workspace-registry models. A
+  version's files are listed (``model-versions/list-artifacts``) and read through signed URLs
+  (``model-versions/get-signed-download-uri``): these two are not in Databricks' public REST
+  reference; their shapes are what MLflow's own ``DatabricksModelsArtifactRepository`` sends and reads.
 
 Every request is recorded (``calls``); ``fail(path, status, body)`` makes the next requests to a path
 answer an error (JSON or plain text), for the unpleasant answers.
@@ -43,6 +46,8 @@ __all__ = [
     "databricks_env",
     "isolate_mlflow_http_env",
     "lifecycle_step",
+    "tiny_dataset",
+    "tiny_model",
 ]
 
 UC = "/api/2.0/mlflow/unity-catalog"
@@ -290,7 +295,9 @@ class DatabricksRest:
                 return 200, {"model_version": self._version_json(version, with_tags=True)}
             if route == "/model-versions/get-download-uri" and method == "GET":
                 version = self._version(params.get("name", ""), params.get("version"))
-                uri = version.storage_location if self.unity_catalog else version.source
+                # The workspace registry keeps its own copy of a version's files, readable only through
+                # the registry's signed URLs (below), not through the DBFS API.
+                uri = version.storage_location if self.unity_catalog else registry_copy(version)
                 return 200, {"artifact_uri": uri}
             if route == "/model-versions/set-tag" and method == "POST":
                 self._version(params["name"], params["version"]).tags[params["key"]] = params["value"]
@@ -333,6 +340,7 @@ class DatabricksRest:
                     return 200, {}
             if self.unity_catalog:
                 return self._uc_files(method, path, route, params)
+            return self._registry_files(method, route, params)
         raise _ApiError("ENDPOINT_NOT_FOUND", f"No API found for '{method} {path}'")
 
     # -- Unity Catalog model files -------------------------------------------------------------------
@@ -376,6 +384,42 @@ class DatabricksRest:
             }
         raise _ApiError("ENDPOINT_NOT_FOUND", f"No API found for '{method} {path}'")
 
+    # -- workspace registry model files ----------------------------------------------------------------
+
+    def _registry_files(self, method: str, route: str | None, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """What MLflow's ``DatabricksModelsArtifactRepository`` asks of the workspace registry."""
+        if route == "/model-versions/list-artifacts" and method == "GET":
+            folder = self._registry_folder(params["name"], params["version"])
+            relative = params.get("path") or ""
+            target = folder / relative if relative else folder
+            if target.is_file():  # a file lists as itself
+                return 200, {"files": [{"path": relative, "is_dir": False, "file_size": target.stat().st_size}]}
+            if not target.is_dir():
+                raise _ApiError("RESOURCE_DOES_NOT_EXIST", f"{relative} does not exist")
+            return 200, {
+                "files": [
+                    {"path": f"{relative}/{child.name}".lstrip("/"), "is_dir": child.is_dir()}
+                    | ({} if child.is_dir() else {"file_size": child.stat().st_size})
+                    for child in sorted(target.iterdir())
+                ]
+            }
+        if route == "/model-versions/get-signed-download-uri" and method == "GET":
+            folder = self._registry_folder(params["name"], params["version"])
+            if not (folder / params.get("path", "")).is_file():
+                raise _ApiError("RESOURCE_DOES_NOT_EXIST", f"{params.get('path')} does not exist")
+            path = f"/registry/{params['name']}/{params['version']}/{params['path']}"
+            return 200, {
+                "signed_uri": f"{self.url}/presigned{quote(path)}",
+                "headers": [{"name": PRESIGNED_HEADER, "value": "signed"}],
+            }
+        raise _ApiError("ENDPOINT_NOT_FOUND", f"No API found for '{method} {WS}{route}'")
+
+    def _registry_folder(self, name: str, version: str) -> Path:
+        files = self._version(name, version).files
+        if files is None:
+            raise _ApiError("RESOURCE_DOES_NOT_EXIST", f"{name} v{version} has no files")
+        return files
+
     def _files(self, fs_path: str) -> tuple[Path, str]:
         """The version's folder and the path inside it, from ``/Models/catalog/schema/model/version/...``."""
         parts = fs_path.strip("/").split("/")
@@ -388,13 +432,23 @@ class DatabricksRest:
 
     def presigned(self, path: str) -> bytes | None:
         """The bytes of a file a presigned URL names."""
+        signed = unquote(path.removeprefix("/presigned"))
         with self._lock:
             try:
-                folder, relative = self._files(unquote(path.removeprefix("/presigned")))
-            except _ApiError:
+                if signed.startswith("/registry/"):
+                    _, _, name, version, relative = signed.split("/", 4)
+                    folder = self._registry_folder(name, version)
+                else:
+                    folder, relative = self._files(signed)
+            except (_ApiError, ValueError):
                 return None
         target = folder / relative
         return target.read_bytes() if target.is_file() else None
+
+
+def registry_copy(version: _Version) -> str:
+    """Where the workspace registry keeps a version's files (``dbfs:/databricks/mlflow-registry/…``)."""
+    return f"dbfs:/databricks/mlflow-registry/{version.created_ms:x}/models/{version.name}"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -533,3 +587,24 @@ def lifecycle_step(svc: Any, model: str, version: str, environment: str = "dev")
         envelope, _ = svc.bus.sent.pop(0)
         outcomes.append(f"{envelope.command.kind}:{dispatch[envelope.command.kind](envelope, svc)}")
     return outcomes
+
+
+def tiny_model(folder: Path) -> Path:
+    """A small scikit-learn pyfunc model saved in ``folder/model``, as a registry would hold a version's files."""
+    import mlflow.sklearn
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(40, 2))
+    labels = (features[:, 0] > 0).astype(int)
+    path = folder / "model"
+    mlflow.sklearn.save_model(LogisticRegression().fit(features, labels), path, pip_requirements=["scikit-learn"])
+    return path
+
+
+def tiny_dataset(folder: Path) -> Path:
+    """An evaluation CSV the tiny model scores perfectly (accuracy 1.0)."""
+    path = folder / "evaluation.csv"
+    path.write_text("a,b,target\n2.0,0.1,1\n-2.0,0.3,0\n1.5,-1.0,1\n-1.0,2.0,0\n", encoding="utf-8")
+    return path

@@ -3,7 +3,9 @@
 ``MlflowClient(registry_uri="databricks")`` builds MLflow's ``DatabricksWorkspaceModelRegistryRestStore``
 (its ``RestStore`` with every alias method refused: ``INTERNAL_ERROR`` "unsupported for models in the
 Workspace Model Registry"); the HTTP answers come from a local server speaking the Databricks REST
-shapes (tests/databricks_rest.py). Without aliases, the stage tags carry the lifecycle.
+shapes (tests/databricks_rest.py). Without aliases, the stage tags carry the lifecycle. Evaluation
+reads a version's files as ``mlflow.pyfunc.load_model("models:/…")`` would: MLflow's
+``DatabricksModelsArtifactRepository`` lists them and fetches each through a signed URL.
 """
 
 from __future__ import annotations
@@ -13,10 +15,19 @@ from pathlib import Path
 
 import pytest
 
+from shared.adapters.mlflow.evaluator import MlflowEvaluator
 from shared.adapters.mlflow.registry import MlflowRegistry
 from shared.catalogue import load_catalogue
-from shared.errors import TransientError, UnknownVersion
-from tests.databricks_rest import WS, DatabricksRest, catalogue_for, databricks_env, lifecycle_step
+from shared.errors import PermanentError, TransientError, UnknownVersion
+from tests.databricks_rest import (
+    WS,
+    DatabricksRest,
+    catalogue_for,
+    databricks_env,
+    lifecycle_step,
+    tiny_dataset,
+    tiny_model,
+)
 from tests.fakes import services
 
 MODEL = "churn-classifier"
@@ -132,3 +143,41 @@ def test_failures_become_signalbox_errors(registry: MlflowRegistry, workspace: D
     workspace.fail(SEARCH, 500, '{"error_code": "INTERNAL_ERROR", "message": "try again"}')
     with pytest.raises(TransientError, match="list_versions"):
         registry.alias_version(MODEL, "champion")
+
+
+# -- evaluation: the registry's copy of the files, through signed URLs ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("workspace-model"))
+
+
+def test_evaluator_downloads_a_version_through_the_registrys_signed_urls(
+    workspace: DatabricksRest, model_dir: Path, tmp_path: Path
+) -> None:
+    version = workspace.add_version(MODEL, run_id="r1", files=model_dir)
+
+    scores = MlflowEvaluator("databricks", "databricks").score(
+        MODEL, version, str(tiny_dataset(tmp_path)), ["accuracy"]
+    )
+
+    assert scores == {"accuracy": 1.0}
+    listed = [c.params for c in workspace.api_calls() if c.path == f"{WS}/model-versions/list-artifacts"]
+    assert listed and all((p["name"], p["version"]) == (MODEL, version) for p in listed)
+    signed = {c.params["path"] for c in workspace.api_calls() if c.path.endswith("/get-signed-download-uri")}
+    assert signed == {path.name for path in model_dir.iterdir()}  # every file, each by its own signed URL
+    presigned = [c for c in workspace.calls if c.path.startswith("/presigned/")]
+    assert presigned and all(c.authorization is None for c in presigned)  # the token never goes to storage
+    assert not [c for c in workspace.calls if c.path.startswith("/api/2.0/dbfs/")]  # the DBFS API is not used
+
+
+def test_evaluator_download_refused_is_permanent(workspace: DatabricksRest, model_dir: Path, tmp_path: Path) -> None:
+    version = workspace.add_version(MODEL, files=model_dir)
+    workspace.fail(
+        f"{WS}/model-versions/list-artifacts",
+        403,
+        '{"error_code": "PERMISSION_DENIED", "message": "no CAN_READ on the registered model"}',
+    )
+    with pytest.raises(PermanentError, match="no CAN_READ"):
+        MlflowEvaluator("databricks", "databricks").score(MODEL, version, str(tiny_dataset(tmp_path)), ["accuracy"])

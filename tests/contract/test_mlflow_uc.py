@@ -24,6 +24,8 @@ from tests.databricks_rest import (
     databricks_env,
     isolate_mlflow_http_env,
     lifecycle_step,
+    tiny_dataset,
+    tiny_model,
 )
 from tests.fakes import services
 
@@ -232,23 +234,7 @@ def test_bounded_http_defaults_are_set_unless_the_app_sets_them(
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny scikit-learn pyfunc model on disk, as UC storage would hold a version's files."""
-    import mlflow.sklearn
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(0)
-    features = rng.normal(size=(40, 2))
-    labels = (features[:, 0] > 0).astype(int)
-    path = tmp_path_factory.mktemp("uc-model") / "model"
-    mlflow.sklearn.save_model(LogisticRegression().fit(features, labels), path, pip_requirements=["scikit-learn"])
-    return path
-
-
-def _dataset(tmp_path: Path) -> Path:
-    path = tmp_path / "evaluation.csv"
-    path.write_text("a,b,target\n2.0,0.1,1\n-2.0,0.3,0\n1.5,-1.0,1\n-1.0,2.0,0\n", encoding="utf-8")
-    return path
+    return tiny_model(tmp_path_factory.mktemp("uc-model"))
 
 
 def test_evaluator_downloads_a_uc_version_through_temporary_credentials(
@@ -257,7 +243,7 @@ def test_evaluator_downloads_a_uc_version_through_temporary_credentials(
     version = uc.add_version(MODEL, files=model_dir)
     evaluator = MlflowEvaluator("databricks", "databricks-uc")
 
-    scores = evaluator.score(MODEL, version, str(_dataset(tmp_path)), ["accuracy"])
+    scores = evaluator.score(MODEL, version, str(tiny_dataset(tmp_path)), ["accuracy"])
 
     assert scores == {"accuracy": 1.0}
     (credentials,) = [c for c in uc.api_calls() if c.path.endswith("/generate-temporary-credentials")]
@@ -294,7 +280,7 @@ def test_evaluator_hands_a_customer_storage_path_the_sas_of_the_temporary_creden
         databricks_env(monkeypatch, server)
         version = server.add_version(MODEL, files=model_dir)
         scores = MlflowEvaluator("databricks", "databricks-uc").score(
-            MODEL, version, str(_dataset(tmp_path)), ["accuracy"]
+            MODEL, version, str(tiny_dataset(tmp_path)), ["accuracy"]
         )
     assert scores == {"accuracy": 1.0}
     assert seen == [(server.models[MODEL].versions[version].storage_location, "sv=2024-05-04&sr=d&sp=rl&sig=local")]
@@ -311,7 +297,7 @@ def test_evaluator_download_failures_become_signalbox_errors(
         '{"error_code": "PERMISSION_DENIED", "message": "no EXECUTE on the model"}',
     )
     with pytest.raises(PermanentError, match="no EXECUTE"):
-        MlflowEvaluator("databricks", "databricks-uc").score(MODEL, version, str(_dataset(tmp_path)), ["accuracy"])
+        MlflowEvaluator("databricks", "databricks-uc").score(MODEL, version, str(tiny_dataset(tmp_path)), ["accuracy"])
 
 
 def test_uc_search_results_are_read_one_by_one_even_under_an_unrecognised_uri(

@@ -6,6 +6,7 @@ Nothing here imports MLflow at module level; each function imports what it needs
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,9 @@ class Capabilities:
         return cls()
 
 
+_REPORTED_STATUS = re.compile(r"failed with status code (\d{3})\b")
+
+
 def _status(error: Exception) -> int | None:
     """The HTTP status MLflow's error stands for (from its error code), if it is MLflow's."""
     from mlflow.exceptions import MlflowException
@@ -73,6 +77,12 @@ def _status(error: Exception) -> int | None:
     if not isinstance(error, MlflowException):
         return None
     status = error.get_http_status_code()
+    if status == 500:
+        # MLflow's artifact repositories report a refused request as INTERNAL_ERROR, saying the real
+        # status only in the text ("... failed with status code 403. Response body: ...").
+        reported = _REPORTED_STATUS.search(str(error))
+        if reported:
+            return int(reported[1])
     return status if isinstance(status, int) else None
 
 

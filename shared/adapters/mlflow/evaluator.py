@@ -4,9 +4,10 @@ The dataset is a CSV with the model's input columns and the truth in ``target``.
 ``accuracy``, ``f1_macro``, ``precision_macro``, ``recall_macro`` (classification) and
 ``rmse``, ``mae``, ``r2`` (regression).
 
-On Unity Catalog a version's files sit in storage only UC's temporary credentials can read: they
-are downloaded through ``models:/NAME/VERSION`` under the UC registry URI, so MLflow's UC artifact
-repository asks for those credentials. A registry whose artifact URIs MLflow cannot read (Azure ML's
+On Unity Catalog a version's files sit in storage only UC's temporary credentials can read, and the
+Databricks workspace registry hands its copy out through signed URLs: on both they are downloaded
+through ``models:/NAME/VERSION`` under the registry URI, so MLflow's Databricks artifact
+repositories ask for the credentials or URLs. A registry whose artifact URIs MLflow cannot read (Azure ML's
 ``azureml://``) hands the evaluator its own ``ModelFiles``. Elsewhere the version's download URI is
 read directly.
 MLflow failures surface as Signalbox errors (``shared.adapters.mlflow.client.translate``).
@@ -197,14 +198,15 @@ class MlflowEvaluator:
             return str(self._model_files.fetch(model_name, key[1], Path(tempfile.mkdtemp(dir=self._downloads.name))))
         import mlflow.artifacts
         from mlflow import MlflowClient
-        from mlflow.utils.uri import is_databricks_unity_catalog_uri
+        from mlflow.utils.uri import is_databricks_unity_catalog_uri, is_databricks_uri
 
         # Resolved with explicit URIs: mlflow's models:/ resolution uses the process-wide
         # registry URI, which other adapters in this process may point elsewhere.
         client = MlflowClient(tracking_uri=self._tracking_uri, registry_uri=self._registry_uri)
-        if is_databricks_unity_catalog_uri(self._registry_uri):
-            # The download URI is a storage path needing UC's temporary credentials (a raw read gets
-            # 403): MLflow's UC artifact repository fetches them for a models:/ URI.
+        if is_databricks_unity_catalog_uri(self._registry_uri) or is_databricks_uri(self._registry_uri):
+            # UC: the download URI is a storage path needing UC's temporary credentials (a raw read gets
+            # 403); the workspace registry: its copy is read through signed URLs. MLflow's Databricks
+            # model artifact repositories do both for a models:/ URI under the registry URI.
             return str(
                 mlflow.artifacts.download_artifacts(
                     artifact_uri=f"models:/{model_name}/{key[1]}",
