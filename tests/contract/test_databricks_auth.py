@@ -404,15 +404,44 @@ def test_mlflow_installs_the_identity_only_where_one_is_there_and_no_credential_
     assert not install_if_wanted("databricks", "databricks-uc")  # a developer's machine: MLflow's own way
     monkeypatch.setenv("IDENTITY_ENDPOINT", "http://127.0.0.1:9/msi/token")
     assert not install_if_wanted("databricks", token="dapi-configured")
+    # A token needs no SDK: MLflow's requests path, which honours MLFLOW_HTTP_REQUEST_TIMEOUT.
+    assert os.environ.pop("MLFLOW_ENABLE_DB_SDK") == "false"
     monkeypatch.setenv("DATABRICKS_TOKEN", "dapi-in-the-environment")
     assert not install_if_wanted("databricks-uc")
+    assert os.environ.pop("MLFLOW_ENABLE_DB_SDK") == "false"
+    monkeypatch.setenv("DATABRICKS_CLIENT_SECRET", "oauth-m2m-secret")  # OAuth M2M: the SDK's to sign in
+    assert not install_if_wanted("databricks-uc")
+    assert "MLFLOW_ENABLE_DB_SDK" not in os.environ
+    monkeypatch.delenv("DATABRICKS_CLIENT_SECRET")
     monkeypatch.delenv("DATABRICKS_TOKEN")
     assert databricks_utils._dynamic_token_config_provider is None
-    assert "MLFLOW_ENABLE_DB_SDK" not in os.environ
 
     assert install_if_wanted("file:///tmp/mlruns", "databricks-uc")
     assert databricks_utils._dynamic_token_config_provider is not None
     assert os.environ["MLFLOW_ENABLE_DB_SDK"] == "false"
+
+
+def test_with_a_token_mlflow_requests_end_at_mlflows_http_timeout(
+    uc_server: DatabricksRest, mlflow_slot: None, monkeypatch: pytest.MonkeyPatch
+):
+    """Not the Databricks SDK's 60 s: a slow answer is cut at MLFLOW_HTTP_REQUEST_TIMEOUT and is transient."""
+    from shared.adapters.mlflow.registry import MlflowRegistry
+
+    uc_server.token = "dapi-token-for-timeouts"
+    monkeypatch.setenv("DATABRICKS_TOKEN", uc_server.token)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    assert not install_if_wanted("databricks-uc")
+    version = uc_server.add_version("main.signalbox.churn")
+    registry = MlflowRegistry("databricks", "databricks-uc")
+    assert registry.get_version("main.signalbox.churn", version).version == version
+    # The same good answer, three seconds late: it must not be waited for.
+    answer = {
+        "model_version": uc_server._version_json(uc_server._version("main.signalbox.churn", version), with_tags=True)
+    }
+    uc_server.fail("/api/2.0/mlflow/unity-catalog/model-versions/get", 200, json.dumps(answer), delay=3)
+    with pytest.raises(TransientError, match=r"(?i)timed? ?out"):
+        registry.get_version("main.signalbox.churn", version)
 
 
 def test_on_functions_mlflow_signs_in_with_the_user_assigned_identity(

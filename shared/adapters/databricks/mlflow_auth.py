@@ -87,6 +87,9 @@ def install_managed_identity(
 def install_if_wanted(*uris: str | None, host: str | None = None, token: str | None = None) -> bool:
     """``install_managed_identity`` when it is wanted; whether it was installed.
 
+    With a token (and no OAuth client secret, which needs the SDK), MLflow is set to its requests
+    path instead (``MLFLOW_ENABLE_DB_SDK=false`` unless the app settings set it).
+
     Wanted when one of the MLflow URIs is a plain ``databricks`` / ``databricks-uc`` one, no
     credential is configured (``token``, ``DATABRICKS_TOKEN``, ``DATABRICKS_CLIENT_SECRET``), and a
     managed identity is there (App Service / Functions set ``IDENTITY_ENDPOINT``) or asked for
@@ -94,6 +97,11 @@ def install_if_wanted(*uris: str | None, host: str | None = None, token: str | N
     resolution (a developer's ``az login`` or ``~/.databrickscfg``).
     """
     if not any(uri and uri.strip() in ("databricks", "databricks-uc") for uri in uris):
+        return False
+    if (token or os.environ.get("DATABRICKS_TOKEN")) and not os.environ.get("DATABRICKS_CLIENT_SECRET"):
+        # A personal access token needs no SDK: MLflow's requests path reads it from the environment
+        # and honours MLFLOW_HTTP_REQUEST_TIMEOUT, where its SDK path allows 60 s per request.
+        os.environ.setdefault("MLFLOW_ENABLE_DB_SDK", "false")
         return False
     if token or os.environ.get("DATABRICKS_TOKEN") or os.environ.get("DATABRICKS_CLIENT_SECRET"):
         return False
