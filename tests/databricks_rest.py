@@ -14,6 +14,10 @@ The shapes are those of the Databricks REST reference and MLflow's protos
   ``generate-temporary-credentials`` answers a SAS token (``azure_user_delegation_sas``) and the
   storage mode; in ``DEFAULT_STORAGE`` mode the files are read through the Files API
   (``/api/2.0/fs/directories``, ``/api/2.0/fs/create-download-url``) and a presigned URL served here.
+- Tracking (either registry), ``/api/2.0/mlflow/experiments|runs/...``: experiments by absolute
+  workspace path in an existing folder, ``RESOURCE_ALREADY_EXISTS`` for a taken name, runs created,
+  updated and searched (newest first, pages of ``max_results`` ≤ 50,000), tags within the documented
+  guarantees (20 a request, 250-byte keys, 5,000-byte values).
 - Workspace registry, ``/api/2.0/mlflow/...``: a search takes one condition and answers tags; every
   alias endpoint answers ``INTERNAL_ERROR`` as Databricks does for workspace-registry models. A
   version's files are listed (``model-versions/list-artifacts``) and read through signed URLs
@@ -125,6 +129,8 @@ class DatabricksRest:
         self.unity_catalog = unity_catalog
         self.storage_mode = storage_mode
         self.models: dict[str, _Model] = {}
+        self.experiments: dict[str, dict[str, Any]] = {}
+        self.runs: dict[str, dict[str, Any]] = {}
         self.calls: list[Call] = []
         self._faults: dict[str, list[Fault]] = {}
         self._lock = threading.Lock()
@@ -283,6 +289,9 @@ class DatabricksRest:
 
     def handle(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """The JSON answer to one API request."""
+        if path.startswith((f"{WS}/experiments/", f"{WS}/runs/")):  # tracking: the same under either registry
+            with self._lock:
+                return self._tracking(method, path.removeprefix(WS), params)
         base = UC if self.unity_catalog else WS
         route = path.removeprefix(base) if path.startswith(base + "/") else None
         if self.unity_catalog is False and path.startswith(UC + "/"):
@@ -384,6 +393,93 @@ class DatabricksRest:
             }
         raise _ApiError("ENDPOINT_NOT_FOUND", f"No API found for '{method} {path}'")
 
+    # -- tracking: experiments and runs ------------------------------------------------------------------
+
+    def _tracking(self, method: str, route: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The MLflow tracking calls of a Databricks workspace (REST reference: Experiments API)."""
+        if route == "/experiments/get-by-name" and method == "GET":
+            name = params.get("experiment_name", "")
+            found = next((e for e in self.experiments.values() if e["name"] == name), None)
+            if found is None:
+                raise _ApiError("RESOURCE_DOES_NOT_EXIST", f"Node named '{name}' does not exist.")
+            return 200, {"experiment": found}
+        if route == "/experiments/create" and method == "POST":
+            name = str(params.get("name") or "")
+            if not name.startswith("/"):
+                raise _ApiError(
+                    "INVALID_PARAMETER_VALUE",
+                    f"Got an invalid experiment name '{name}'. An experiment name must be an absolute path "
+                    "within the Databricks workspace, e.g. '/Users/<some-username>/my-experiment'.",
+                )
+            if name.rsplit("/", 1)[0] not in WORKSPACE_FOLDERS:
+                raise _ApiError("RESOURCE_DOES_NOT_EXIST", f"Parent directory {name.rsplit('/', 1)[0]} does not exist.")
+            if any(e["name"] == name for e in self.experiments.values()):
+                raise _ApiError("RESOURCE_ALREADY_EXISTS", f"Node named '{name}' already exists")
+            _check_tags(params.get("tags") or [])
+            experiment_id = str(4_000_000_000_000_000 + len(self.experiments) + 1)
+            self.experiments[experiment_id] = {
+                "experiment_id": experiment_id,
+                "name": name,
+                "artifact_location": f"dbfs:/databricks/mlflow-tracking/{experiment_id}",
+                "lifecycle_stage": "active",
+                "creation_time": int(time.time() * 1000),
+                "last_update_time": int(time.time() * 1000),
+                "tags": list(params.get("tags") or []),
+            }
+            return 200, {"experiment_id": experiment_id}
+        if route == "/runs/create" and method == "POST":
+            experiment_id = str(params.get("experiment_id") or "")
+            if experiment_id not in self.experiments:
+                raise _ApiError("RESOURCE_DOES_NOT_EXIST", f"Experiment {experiment_id} does not exist.")
+            tags = list(params.get("tags") or [])
+            _check_tags(tags)
+            run_id = f"{len(self.runs) + 1:032x}"
+            info = {
+                "run_id": run_id,
+                "run_uuid": run_id,
+                "experiment_id": experiment_id,
+                "run_name": params.get("run_name", ""),
+                "status": "RUNNING",
+                "start_time": int(params.get("start_time") or time.time() * 1000),
+                "artifact_uri": f"dbfs:/databricks/mlflow-tracking/{experiment_id}/{run_id}/artifacts",
+                "lifecycle_stage": "active",
+            }
+            self.runs[run_id] = {"info": info, "data": {"tags": tags}}
+            return 200, {"run": self.runs[run_id]}
+        if route == "/runs/update" and method == "POST":
+            run = self.runs.get(str(params.get("run_id") or params.get("run_uuid") or ""))
+            if run is None:
+                raise _ApiError("RESOURCE_DOES_NOT_EXIST", f"Run {params.get('run_id')} does not exist.")
+            for key in ("status", "end_time", "run_name"):
+                if params.get(key) not in (None, ""):
+                    run["info"][key] = params[key]
+            return 200, {"run_info": run["info"]}
+        if route == "/runs/search" and method == "POST":
+            return 200, self._search_runs(params)
+        raise _ApiError("ENDPOINT_NOT_FOUND", f"No API found for '{method} {WS}{route}'")
+
+    def _search_runs(self, params: dict[str, Any]) -> dict[str, Any]:
+        # The reference documents filters over params, metrics and tags; this server serves none, so a
+        # filter the adapter relies on shows here instead of passing unexamined.
+        if params.get("filter"):
+            raise _ApiError("INVALID_PARAMETER_VALUE", f"this test server serves no run filters: {params['filter']!r}")
+        limit = int(params.get("max_results") or 1000)
+        if not 0 < limit <= 50_000:
+            raise _ApiError("INVALID_PARAMETER_VALUE", f"max_results {limit} is over the threshold of 50000")
+        order = list(params.get("order_by") or [])
+        if order not in ([], ["attributes.start_time DESC"], ["start_time DESC"]):
+            raise _ApiError("INVALID_PARAMETER_VALUE", f"this test server orders only by start_time DESC: {order}")
+        wanted = set(params.get("experiment_ids") or [])
+        found = sorted(
+            (r for r in self.runs.values() if r["info"]["experiment_id"] in wanted),
+            key=lambda r: (-r["info"]["start_time"], r["info"]["run_id"]),  # the documented default order
+        )
+        start = int(params.get("page_token") or 0)
+        body: dict[str, Any] = {"runs": found[start : start + limit]}
+        if start + limit < len(found):
+            body["next_page_token"] = str(start + limit)
+        return body
+
     # -- workspace registry model files ----------------------------------------------------------------
 
     def _registry_files(self, method: str, route: str | None, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -444,6 +540,19 @@ class DatabricksRest:
                 return None
         target = folder / relative
         return target.read_bytes() if target.is_file() else None
+
+
+# Folders that exist in the test workspace (experiments are created in existing folders only).
+WORKSPACE_FOLDERS = frozenset({"/Shared", "/Users/signalbox@example.com"})
+
+
+def _check_tags(tags: list[dict[str, str]]) -> None:
+    """What every Databricks storage backend is documented to accept: 20 tags a request, 250/5000-byte keys/values."""
+    if len(tags) > 20:
+        raise _ApiError("INVALID_PARAMETER_VALUE", f"{len(tags)} tags in one request; at most 20 are guaranteed")
+    for tag in tags:
+        if len(str(tag.get("key", "")).encode()) > 250 or len(str(tag.get("value", "")).encode()) > 5000:
+            raise _ApiError("INVALID_PARAMETER_VALUE", f"tag {str(tag.get('key'))[:40]!r} is over 250/5000 bytes")
 
 
 def registry_copy(version: _Version) -> str:

@@ -11,6 +11,7 @@ reads a version's files as ``mlflow.pyfunc.load_model("models:/…")`` would: ML
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,45 @@ def test_evaluator_download_refused_is_permanent(workspace: DatabricksRest, mode
     )
     with pytest.raises(PermanentError, match="no CAN_READ"):
         MlflowEvaluator("databricks", "databricks").score(MODEL, version, str(tiny_dataset(tmp_path)), ["accuracy"])
+
+
+# -- the history: one run per entry in /Shared/signalbox-history-MODEL ------------------------------------
+
+
+def _entry(kind: str, at: datetime, why: str = "") -> dict[str, str]:
+    from shared.history import Entry
+
+    return Entry(kind=kind, what=f"{kind} v1", why=why, version="1", cause=f"cause-{kind}").fields(at)  # type: ignore[arg-type]
+
+
+def test_history_is_written_and_read_through_the_workspace_tracking_api(
+    registry: MlflowRegistry, workspace: DatabricksRest
+) -> None:
+    start = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    for minutes, kind in enumerate(("trained", "evaluated", "promoted", "deployed")):
+        registry.append_history(MODEL, _entry(kind, start + timedelta(minutes=minutes), why="x" * 1000))
+
+    (experiment,) = workspace.experiments.values()
+    assert experiment["name"] == f"/Shared/signalbox-history-{MODEL}"  # an absolute workspace path
+    assert {run["info"]["status"] for run in workspace.runs.values()} == {"FINISHED"}
+    assert [e["kind"] for e in registry.history(MODEL)] == ["deployed", "promoted", "evaluated", "trained"]
+    since = registry.history(MODEL, since=start + timedelta(minutes=2))
+    assert [e["kind"] for e in since] == ["deployed", "promoted"]
+    assert registry.history("no-history-yet") == []
+    searches = [c.params for c in workspace.api_calls() if c.path == f"{WS}/runs/search"]
+    assert searches and not any(p.get("filter") for p in searches)  # no start-time filter: cut while reading
+
+
+def test_history_written_by_two_workers_at_once_shares_one_experiment(
+    registry: MlflowRegistry, workspace: DatabricksRest
+) -> None:
+    """The second worker's create answers ALREADY_EXISTS (the remapped code Databricks documents)."""
+    other = MlflowRegistry("databricks", "databricks")
+    registry.append_history(MODEL, _entry("trained", datetime(2026, 12, 1, tzinfo=UTC)))
+    experiment_id = next(iter(workspace.experiments))
+    # The other worker did not see it in its lookup: its create is refused, as in a race.
+    workspace.fail(f"{WS}/experiments/get-by-name", 404, '{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no"}')
+    workspace.fail(f"{WS}/experiments/create", 400, '{"error_code": "ALREADY_EXISTS", "message": "Node exists"}')
+    other.append_history(MODEL, _entry("evaluated", datetime(2026, 12, 1, 0, 1, tzinfo=UTC)))
+    assert list(workspace.experiments) == [experiment_id]
+    assert [e["kind"] for e in registry.history(MODEL)] == ["evaluated", "trained"]

@@ -524,22 +524,27 @@ class MlflowRegistry:
 
     @_translated
     def history(self, model_name: str, since: datetime | None = None) -> list[dict[str, str]]:
-        """The model's entries at or after ``since``: one search page per 1,000 entries (a start-time filter)."""
+        """The model's entries at or after ``since``, newest first: one search page per 1,000 entries.
+
+        Runs come newest first and the reading stops at the first one before ``since``: no search filter,
+        because Databricks documents run filters over params, metrics and tags only, not start times.
+        """
         experiment_id = self._history_experiment(model_name, create=False)
         if experiment_id is None:
             return []
-        filter_string = f"attributes.start_time >= {int(since.timestamp() * 1000)}" if since is not None else ""
+        since_ms = int(since.timestamp() * 1000) if since is not None else None
         entries: list[dict[str, str]] = []
         page_token: str | None = None
         while True:
             page = self._client.search_runs(
                 [experiment_id],
-                filter_string=filter_string,
                 max_results=_PAGE_SIZE,
                 order_by=["attributes.start_time DESC"],
                 page_token=page_token,
             )
             for run in page:
+                if since_ms is not None and run.info.start_time < since_ms:
+                    return entries
                 tags = run.data.tags
                 if tags.get(_HISTORY_MODEL_TAG) != model_name:
                     continue
@@ -563,7 +568,8 @@ class MlflowRegistry:
             try:
                 experiment_id = str(self._client.create_experiment(name, tags={_HISTORY_MODEL_TAG: model_name}))
             except Exception as error:
-                if not self._is(error, "RESOURCE_ALREADY_EXISTS"):  # another worker created it first
+                # Another worker created it first (Databricks may answer ALREADY_EXISTS instead: documented).
+                if not self._is(error, "RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                     raise
                 again = self._client.get_experiment_by_name(name)
                 if again is None:
