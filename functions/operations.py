@@ -147,21 +147,15 @@ def _eventgrid_replay(req: func.HttpRequest, body: dict[str, Any]) -> func.HttpR
 
 
 def _eventgrid_purge(body: dict[str, Any]) -> func.HttpResponse:
-    from shared.deadletters import ALL_QUEUES, ConfirmationRequired, eventgrid, requests
+    from shared.deadletters import eventgrid, requests
 
     try:
         who, reason = _operator(body)
         filters = eventgrid.parse_filters(body, now=_now(), extra=("dry_run", "confirm"))
         dry_run = requests.parse_flag(body, "dry_run")
         confirm = requests.parse_confirm(body)
-        expected = filters.function or ALL_QUEUES
-        if not dry_run and confirm != expected:
-            raise ConfirmationRequired(
-                f"purging Event Grid dead letters deletes them for good: confirm with {expected!r}"
-                + (f" (got {confirm!r})" if confirm else " (none was given)")
-            )
         report = eventgrid.purge(
-            _eventgrid_store(), filters, dry_run=dry_run, progress=_log_progress("Event Grid purge")
+            _eventgrid_store(), filters, confirm=confirm, dry_run=dry_run, progress=_log_progress("Event Grid purge")
         )
     except ValueError as exc:
         return problem(400, str(exc))

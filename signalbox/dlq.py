@@ -425,10 +425,10 @@ class EventGridDirectBackend:
         from shared.deadletters import eventgrid
 
         parsed = self._filters(filters)
-        expected = parsed.function or ALL_QUEUES
-        if not dry_run and confirm != expected:
-            raise CommandError(f"not confirmed (expected {expected!r}): nothing was purged", EXIT_REFUSED)
-        report = eventgrid.purge(self.store, parsed, dry_run=dry_run, progress=progress)
+        try:
+            report = eventgrid.purge(self.store, parsed, confirm=confirm, dry_run=dry_run, progress=progress)
+        except ValueError as exc:  # ConfirmationRequired included
+            raise CommandError(f"{exc}: nothing was purged", EXIT_REFUSED) from None
         return eventgrid.report_view(parsed, report)
 
 

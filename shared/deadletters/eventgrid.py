@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, Protocol
 
-from shared.deadletters import DEFAULT_MAX_REPLAYS, SCAN_LIMIT, check_limit_and_since
+from shared.deadletters import ALL_QUEUES, DEFAULT_MAX_REPLAYS, SCAN_LIMIT, ConfirmationRequired, check_limit_and_since
 
 __all__ = [
     "DEAD_LETTER_FIELDS",
@@ -628,15 +628,31 @@ def replay(
     return report
 
 
+def purge_confirmation(filters: EventGridFilters) -> str:
+    """What an Event Grid purge must be confirmed with: the function's name, or ``all``."""
+    return filters.function or ALL_QUEUES
+
+
 def purge(
     store: EventGridDeadLetterStore,
     filters: EventGridFilters = EventGridFilters(),
     *,
+    confirm: str | None,
     dry_run: bool = False,
     progress: Progress | None = None,
     scan_limit: int = SCAN_LIMIT,
 ) -> EventGridReport:
-    """Delete the selected dead-lettered events for good (the caller confirmed it)."""
+    """Delete the selected dead-lettered events for good.
+
+    Needs ``confirm`` equal to :func:`purge_confirmation` (the function's name, or ``all``) unless
+    ``dry_run``; raises :class:`ConfirmationRequired` otherwise, before touching anything.
+    """
+    expected = purge_confirmation(filters)
+    if not dry_run and confirm != expected:
+        got = "none was given" if not confirm else f"got {confirm!r}"
+        raise ConfirmationRequired(
+            f"purging Event Grid dead letters deletes them for good: confirm with {expected!r} ({got})"
+        )
     candidates = select(store, filters, scan_limit=scan_limit)
     report = EventGridReport(dry_run=dry_run)
     total, done = len(candidates), 0

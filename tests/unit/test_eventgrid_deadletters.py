@@ -454,7 +454,7 @@ def test_dry_run_delivers_nothing_and_changes_nothing(store):
     assert report.dry_run and report.counts() == {"would_replay": 2}
     assert recorder.delivered == [] and path.read_bytes() == before
     assert store.replay_counts() == {}
-    assert eventgrid.purge(store, dry_run=True).counts() == {"would_purge": 2} and path.exists()
+    assert eventgrid.purge(store, confirm=None, dry_run=True).counts() == {"would_purge": 2} and path.exists()
 
 
 def test_replaying_one_event_of_a_blob_keeps_the_others_in_it(store):
@@ -491,7 +491,7 @@ def test_an_event_for_no_known_function_fails_and_stays(store):
 def test_purge_deletes_only_what_matches(store):
     put(store, landing_blob("a"), [event("e1")])
     put(store, landing_blob("b"), [event("e2")])
-    assert eventgrid.purge(store, EventGridFilters(event_id="e1")).counts() == {"purged": 1}
+    assert eventgrid.purge(store, EventGridFilters(event_id="e1"), confirm="all").counts() == {"purged": 1}
     assert [d.event_id for d in eventgrid.select(store)] == ["e2"]
 
 
