@@ -93,7 +93,11 @@ class LocalHost:
             for f in self.functions.values()
             if f.trigger_type == SERVICE_BUS
         ]
-        self.timers = [TimerRunner(f, self.record) for f in self.functions.values() if f.trigger_type == TIMER]
+        self.timers = [
+            TimerRunner(f, self.record, settings.state_dir / "timers")
+            for f in self.functions.values()
+            if f.trigger_type == TIMER
+        ]
         self.http = HttpServer(
             _Routes(self),
             settings.bind,

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.adapters.local.queues import LocalQueues, MessageLockLost, ReceivedMessage
@@ -183,9 +184,14 @@ class QueuePump:
 
 
 class TimerRunner:
-    """Fires one timer trigger on its NCRONTAB (or TimeSpan) schedule."""
+    """Fires one timer trigger on its NCRONTAB (or TimeSpan) schedule.
 
-    def __init__(self, function: HostedFunction, record: Recorder) -> None:
+    With the schedule monitor (``useMonitor``; by default on for schedules of a minute or more, as in
+    Azure) the schedule's status (``Last``, ``Next``, ``LastUpdated``) is kept in ``status_dir``, and an
+    occurrence missed while the host was down fires once at start-up with ``IsPastDue`` true.
+    """
+
+    def __init__(self, function: HostedFunction, record: Recorder, status_dir: Path | None = None) -> None:
         self.function = function
         self.record = record
         where = f"function {function.name}: schedule"
@@ -195,6 +201,11 @@ class TimerRunner:
         except ValueError as exc:
             raise HostConfigError(f"{where}: {exc}") from None
         self.run_on_startup = bool(function.trigger.get("runOnStartup", False))
+        monitor = function.trigger.get("useMonitor")
+        if monitor is None:
+            probe = self.schedule.next_after(datetime.now(UTC))
+            monitor = self.schedule.next_after(probe) - probe >= timedelta(minutes=1)
+        self.status_file = status_dir / f"{function.name}.json" if status_dir is not None and monitor else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"timer-{function.name}", daemon=True)
         self.next_fire: datetime | None = None
@@ -208,32 +219,84 @@ class TimerRunner:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def fire(self, *, past_due: bool = False) -> None:
-        """Invoke the function once now."""
+    def fire(self, *, past_due: bool = False, occurrence: datetime | None = None) -> None:
+        """Invoke the function once now (for the scheduled ``occurrence``, when it is one)."""
         from azure.functions.timer import TimerRequestConverter
 
         started = time.monotonic()
         log.info("Executing 'Functions.%s' (Reason='Timer fired at %s')", self.function.name, datetime.now(UTC))
         status = "Succeeded"
         try:
-            bound = TimerRequestConverter.decode(timer_input(past_due=past_due), trigger_metadata={})
+            data = timer_input(past_due=past_due, status=self._status())
+            bound = TimerRequestConverter.decode(data, trigger_metadata={})
             self.function.call(**{self.function.trigger_arg: bound})
         except Exception as exc:
             status = "Failed"
             log.error("Executed 'Functions.%s' (Failed): %s", self.function.name, _describe_error(exc))
         self.record(self.function.name, status, time.monotonic() - started, None)
+        if occurrence is not None:
+            self._save_status(occurrence)
 
     def _run(self) -> None:
-        if self.run_on_startup:
+        missed = self._missed()
+        if missed is not None:
+            log.info(
+                "Timer '%s' missed its %s occurrence while the host was down: firing it now", self.function.name, missed
+            )
+            self.fire(past_due=True, occurrence=missed)
+        elif self.run_on_startup:
             self.fire()
         while not self._stop.is_set():
             now = datetime.now(UTC)
             self.next_fire = self.schedule.next_after(now)
+            self._save_status(None, upcoming=self.next_fire)
             wait = (self.next_fire - now).total_seconds()
             if self._stop.wait(max(wait, 0)):
                 return
             late = datetime.now(UTC) - self.next_fire > timedelta(seconds=30)
-            self.fire(past_due=late)
+            self.fire(past_due=late, occurrence=self.next_fire)
+
+    # -- the schedule monitor ----------------------------------------------------------------------
+
+    def _status(self) -> dict[str, str] | None:
+        """The schedule status kept for this timer (``Last``, ``Next``, ``LastUpdated``), if monitored."""
+        if self.status_file is None:
+            return None
+        try:
+            raw = json.loads(self.status_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return raw if isinstance(raw, dict) else None
+
+    def _missed(self) -> datetime | None:
+        """The first occurrence after the last recorded one, if it is already past (Azure's past-due check)."""
+        status = self._status()
+        if not status:
+            return None
+        try:
+            since = datetime.fromisoformat(status.get("LastUpdated") or status["Last"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        expected = self.schedule.next_after(since.astimezone(UTC))
+        return expected if expected < datetime.now(UTC) else None
+
+    def _save_status(self, fired: datetime | None, *, upcoming: datetime | None = None) -> None:
+        if self.status_file is None:
+            return
+        previous = self._status() or {}
+        now = datetime.now(UTC)
+        status = {
+            "Last": fired.isoformat() if fired is not None else previous.get("Last", ""),
+            "Next": (upcoming or self.schedule.next_after(now)).isoformat(),
+            "LastUpdated": now.isoformat(),
+        }
+        try:
+            self.status_file.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.status_file.with_suffix(".tmp")
+            temporary.write_text(json.dumps(status), encoding="utf-8")
+            temporary.replace(self.status_file)
+        except OSError as exc:  # the schedule keeps running; only a missed fire after a restart is at stake
+            log.warning("could not record the schedule status of timer %s: %s", self.function.name, exc)
 
 
 def invoke_event_grid(function: HostedFunction, event: Mapping[str, Any]) -> None:
@@ -321,14 +384,19 @@ def service_bus_input(message: ReceivedMessage, function_name: str) -> tuple[Dat
     return body, metadata
 
 
-def timer_input(*, past_due: bool) -> Datum:
+def timer_input(*, past_due: bool, status: Mapping[str, str] | None = None) -> Datum:
     """The data the host sends the worker for a timer: the TimerInfo, Json.NET-serialised.
 
-    Without a schedule monitor (the local host keeps none) ``ScheduleStatus`` is null.
+    ``ScheduleStatus`` is null for a timer without the schedule monitor.
     """
     from azure.functions.meta import Datum
 
-    return Datum(_json({"Schedule": {"AdjustForDST": True}, "ScheduleStatus": None, "IsPastDue": past_due}), "json")
+    info = {
+        "Schedule": {"AdjustForDST": True},
+        "ScheduleStatus": dict(status) if status else None,
+        "IsPastDue": past_due,
+    }
+    return Datum(_json(info), "json")
 
 
 def _sys_metadata(function_name: str) -> Datum:
