@@ -112,36 +112,62 @@ def until(driver: Any, what: str, condition: Callable[[Any], Any], timeout: floa
         ) from None
 
 
+def _fresh(look: Callable[[], Any]) -> Any:
+    """``look()``, again if the page's refresh replaced an element while it was being read."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(10):
+        try:
+            return look()
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    return look()
+
+
 def model_card(driver: Any, model: str) -> Any:
     """The card of ``model`` (names compared as data, never put into a selector)."""
-    for card in driver.find_elements("css selector", "#models article.model"):
-        if card.get_attribute("data-model") == model:
-            return card
-    return None
+
+    def look() -> Any:
+        for card in driver.find_elements("css selector", "#models article.model"):
+            if card.get_attribute("data-model") == model:
+                return card
+        return None
+
+    return _fresh(look)
 
 
 def version_row(driver: Any, model: str, version: str) -> Any:
     """The entry of ``model`` ``version`` in its card's versions list."""
-    card = model_card(driver, model)
-    if card is not None:
-        for row in card.find_elements("css selector", "li.version"):
-            if row.get_attribute("data-version") == version:
-                return row
-    return None
+
+    def look() -> Any:
+        card = model_card(driver, model)
+        if card is not None:
+            for row in card.find_elements("css selector", "li.version"):
+                if row.get_attribute("data-version") == version:
+                    return row
+        return None
+
+    return _fresh(look)
 
 
 def pending_row(driver: Any, model: str, version: str) -> Any:
-    for row in driver.find_elements("css selector", "#approvals tr.pending"):
-        if row.get_attribute("data-model") == model and row.get_attribute("data-version") == version:
-            return row
-    return None
+    def look() -> Any:
+        for row in driver.find_elements("css selector", "#approvals tr.pending"):
+            if row.get_attribute("data-model") == model and row.get_attribute("data-version") == version:
+                return row
+        return None
+
+    return _fresh(look)
 
 
 def dead_row(driver: Any, message_id: str) -> Any:
-    for row in driver.find_elements("css selector", "#deadletters tr.dead"):
-        if row.get_attribute("data-message-id") == message_id:
-            return row
-    return None
+    def look() -> Any:
+        for row in driver.find_elements("css selector", "#deadletters tr.dead"):
+            if row.get_attribute("data-message-id") == message_id:
+                return row
+        return None
+
+    return _fresh(look)
 
 
 def stage(driver: Any, model: str, version: str) -> str | None:
@@ -154,14 +180,14 @@ def press(driver: Any, what: str, find: Callable[[Any], Any], action: str) -> No
     from selenium.common.exceptions import StaleElementReferenceException
 
     for _ in range(20):
-        container = find(driver)
-        assert container is not None, f"{what} is not on the page"
         try:
+            container = find(driver)
+            assert container is not None, f"{what} is not on the page"
             container.find_element("css selector", f"button[data-action='{action}']").click()
             return
         except StaleElementReferenceException:
             time.sleep(0.2)
-    raise AssertionError(f"could not press {action} on {what}")
+    raise AssertionError(f"could not press {action} on {what}: a refresh replaced it at every try")
 
 
 def dialog_open(driver: Any) -> bool:

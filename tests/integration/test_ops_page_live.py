@@ -25,6 +25,7 @@ import requests
 from shared.adapters.local.queues import LocalQueues, OutboundMessage
 from tests.integration.test_lifecycle import STEP_TIMEOUT, Stack, running_stack
 from tests.integration.test_ops_page import (  # noqa: F401 (browser: a fixture)
+    _fresh,
     browser,
     console_errors,
     dead_row,
@@ -173,13 +174,17 @@ def test_approve_hold_release_roll_back_and_the_history_from_the_page(
     until(browser, f"v{second} unstaged on the page", lambda d: stage(d, MODEL, second) == "unstaged")
 
     # The chart: the first version is the champion again, the second a winner that no longer serves.
-    chart = model_card(browser, MODEL).find_element("css selector", "svg.metric-chart")
-    points = {
-        p.get_attribute("data-version"): p.get_attribute("class")
-        for p in chart.find_elements("css selector", "g.point")
-    }
+    def read_chart() -> tuple[dict[str, str], str]:
+        chart = model_card(browser, MODEL).find_element("css selector", "svg.metric-chart")
+        points = {
+            p.get_attribute("data-version"): p.get_attribute("class")
+            for p in chart.find_elements("css selector", "g.point")
+        }
+        return points, chart.find_element("css selector", "g.threshold").text
+
+    points, threshold = _fresh(read_chart)  # read again if a refresh replaced the chart meanwhile
     assert points[first] == "point champion won" and points[second] == "point won", points
-    assert chart.find_element("css selector", "g.threshold").text.startswith("to beat: > ")
+    assert threshold.startswith("to beat: > ")
 
     # The history on the page is the one the function answers, newest first, the rollback on it.
     def page_history(d: Any) -> list[tuple[str, str]]:
