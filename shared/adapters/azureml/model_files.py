@@ -43,22 +43,17 @@ class AzureMLModelFiles(Workspace):
         with azure_errors(what, self.workspace):
             try:
                 ml.models.download(name=model_name, version=str(version), download_path=str(into))
-            except ResourceNotFoundError as exc:
-                if _storage_error(exc) is None and "/models/" in _request_url(exc):
+            except Exception as exc:
+                storage = _storage_error(exc)
+                if storage is not None:
+                    raise _storage_failure(what, storage) from None
+                if isinstance(exc, ResourceNotFoundError) and "/models/" in _request_url(exc):
                     # MLflow's registry already holds this version: the workspace's model registry may
                     # not show it yet. Retried on the retry schedule; one that never appears dead-letters.
                     raise TransientError(
                         f"{what}: not in the workspace's model registry yet ({describe(exc)}); retry later"
                     ) from None
-                storage = _storage_error(exc)
-                if storage is None:
-                    raise
-                raise _storage_failure(what, storage) from None
-            except Exception as exc:
-                storage = _storage_error(exc)
-                if storage is None:
-                    raise
-                raise _storage_failure(what, storage) from None
+                raise
         return mlmodel_folder(into, what)
 
 
