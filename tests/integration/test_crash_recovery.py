@@ -62,6 +62,14 @@ def _live(proc: psutil.Process) -> bool:
         return False
 
 
+def _command(proc: psutil.Process) -> str:
+    """The process's command line; empty for one gone, a zombie or not ours to read (tests run side by side)."""
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def _tree(pid: int) -> list[psutil.Process]:
     """The live descendants of ``pid`` (psutil remembers each one's create time, so a reused pid is not it)."""
     return [p for p in psutil.Process(pid).children(recursive=True) if _live(p)]
@@ -103,7 +111,7 @@ def test_the_mlflow_server_dies_with_the_host_that_started_it(tmp_path: Path) ->
     server = psutil.Process(pid)
     with _reaped(server):
         members = [server, *_tree(pid)]
-        assert any("uvicorn" in " ".join(p.cmdline()) for p in members), "mlflow server runs uvicorn"
+        assert any("uvicorn" in _command(p) for p in members), "mlflow server runs uvicorn"
         assert requests.get(f"{url}/health", timeout=5).status_code == 200
 
         owner.kill()  # kill -9: no handler, no atexit
@@ -133,7 +141,7 @@ def test_a_server_left_by_a_killed_owner_is_stopped_and_its_port_taken_back(tmp_
             assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
             record = json.loads((state / RECORD_FILE).read_text())
             assert (record["pid"], record["owner_pid"], record["url"]) == (server.pid, os.getpid(), url)
-            ours = [p for p in psutil.process_iter(["cmdline"]) if str(state / "mlflow.db") in " ".join(p.cmdline())]
+            ours = [p for p in psutil.process_iter() if str(state / "mlflow.db") in _command(p)]
             assert [p.pid for p in ours if _live(p)] == [server.pid], "one MLflow server on the store"
         finally:
             server.stop()
@@ -296,7 +304,7 @@ def _kill_and_restart(host: HostProcess, stack: Stack) -> tuple[list[psutil.Proc
     server record names the new host as its owner.
     """
     victims = _tree(host.process.pid)
-    [mlflow_server] = [p for p in victims if "mlflow server" in " ".join(p.cmdline())]
+    [mlflow_server] = [p for p in victims if "mlflow server" in _command(p)]
     mlflow_then = [mlflow_server, *_tree(mlflow_server.pid)]  # with its uvicorn
     host.kill()
     wait_for(lambda: not any(_live(p) for p in mlflow_then), timeout=20, what="its MLflow server to end")
