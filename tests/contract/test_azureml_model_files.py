@@ -227,6 +227,15 @@ def test_files_without_an_mlmodel_are_permanent(
         files().fetch("custom", version, tmp_path / "into")
 
 
+def test_a_model_registered_from_a_job_output_uri_is_permanent_and_says_so(fake: FakeAzureML, tmp_path: Path) -> None:
+    fake.add_blob_datastore(STORE, ACCOUNT, CONTAINER, ACCOUNT_KEY)
+    fake.add_model_version("from-job", "1", "azureml://jobs/signalbox_job_1/outputs/artifacts/paths/model/")
+    with pytest.raises(PermanentError, match=r"not in a datastore of the workspace.*azureml://jobs/"):
+        files().fetch("from-job", "1", tmp_path)
+    # azure-ai-ml reads a datastore name out of the job URI ("artifacts") and asks for it.
+    assert [c.path.rsplit("/", 1)[-1] for c in fake.requests("GET", "/datastores/")] == ["artifacts"]
+
+
 def test_listing_the_datastore_secret_forbidden_is_permanent_and_names_the_role(
     fake: FakeAzureML, azurite: Azurite, certificate: tuple[Path, Path], model_dir: Path, tmp_path: Path
 ) -> None:

@@ -53,6 +53,13 @@ class AzureMLModelFiles(Workspace):
                     raise TransientError(
                         f"{what}: not in the workspace's model registry yet ({describe(exc)}); retry later"
                     ) from None
+                if isinstance(exc, ResourceNotFoundError) and "/datastores/" in _request_url(exc):
+                    uri = ml.models.get(name=model_name, version=str(version)).path
+                    raise PermanentError(
+                        f"{what}: its files ({uri}) are not in a datastore of the workspace; Signalbox reads "
+                        "models whose files a run logged (azureml://…/datastores/NAME/paths/…), not models "
+                        "registered from a job output URI (azureml://jobs/…)"
+                    ) from None
                 raise
         return mlmodel_folder(into, what)
 
