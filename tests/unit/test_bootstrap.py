@@ -108,3 +108,34 @@ def test_importing_an_adapter_module_does_not_replace_its_package_factory():
     for package in ("local", "servicebus", "databricks", "azureml", "azure", "mlflow"):
         module = importlib.import_module(f"shared.adapters.{package}")
         assert all(callable(getattr(module, name)) for name in dir(module) if name.startswith("make_"))
+
+
+def test_the_azure_ml_registry_evaluates_with_the_workspaces_model_files(tmp_path):
+    """SIGNALBOX_REGISTRY=azureml: the evaluator downloads through the registry URI's workspace (no call made here)."""
+    from shared.adapters.azureml.model_files import AzureMLModelFiles
+
+    workspace = (
+        "/subscriptions/00000000-0000-0000-0000-0000000000aa/resourceGroups/rg-ml"
+        "/providers/Microsoft.MachineLearningServices/workspaces/mlw-signalbox"
+    )
+    settings = Settings.model_validate(
+        {
+            "SIGNALBOX_STATE_DIR": str(tmp_path / "state"),
+            "SIGNALBOX_CATALOGUE": str(REPO / "catalogue.toml"),
+            "SIGNALBOX_REGISTRY": "azureml",
+            "SIGNALBOX_SERVING": "azureml",
+            "AZUREML_SUBSCRIPTION_ID": "00000000-0000-0000-0000-0000000000aa",
+            "AZUREML_RESOURCE_GROUP": "rg-ml",
+            "AZUREML_WORKSPACE": "mlw-signalbox",
+            "MLFLOW_TRACKING_URI": f"azureml://westeurope.api.azureml.ms/mlflow/v1.0{workspace}",
+        }
+    )
+    svc = bootstrap(settings)
+    files = svc.evaluator._model_files  # type: ignore[attr-defined]
+    assert isinstance(files, AzureMLModelFiles)
+    assert (files.subscription_id, files.resource_group, files.workspace) == (
+        "00000000-0000-0000-0000-0000000000aa",
+        "rg-ml",
+        "mlw-signalbox",
+    )
+    assert type(svc.serving).__name__ == "AzureMLServing"
