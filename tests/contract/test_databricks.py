@@ -1254,6 +1254,25 @@ def test_stop_after_route_waits_for_the_routing_update_then_removes_the_old_enti
     assert [e["name"] for e in workspace.endpoints[ENDPOINT]["config"]["served_entities"]] == [f"{MODEL}-2"]
 
 
+def test_while_the_routing_update_applies_current_is_the_entity_it_routes_to(
+    fake: FakeDatabricks, serving: DatabricksServing
+):
+    """A retire re-checked mid-update must not take the old entity, still routed by the active config, for
+    one that serves again (it then left the old entity serving for good: found by the chaos run)."""
+    workspace = ServingWorkspace(fake)
+    first = serving.start(ENDPOINT, MODEL, "1")
+    serving.readiness(first)
+    assert serving.readiness(first).state == "ready"
+    second = serving.start(ENDPOINT, MODEL, "2")
+    serving.readiness(second)
+    assert serving.readiness(second).state == "ready"
+
+    serving.route(ENDPOINT, second)
+    now = serving.current(ENDPOINT)  # the update is still applying
+    assert workspace.traffic() == {f"{MODEL}-1": 100, f"{MODEL}-2": 0}  # the active config routes the first
+    assert now is not None and (now.slot, now.version) == (f"{MODEL}-2", "2")
+
+
 def test_the_serving_factory_sizes_endpoints_from_the_catalogue_the_wiring_carries(
     fake: FakeDatabricks, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

@@ -233,12 +233,21 @@ class DatabricksServing(LazyWorkspace):
     # -- Serving ---------------------------------------------------------------------------
 
     def current(self, endpoint: str) -> Deployment | None:
-        """The served entity taking all (or most) of the endpoint's traffic; None without one."""
+        """The served entity taking all (or most) of the endpoint's traffic; None without one.
+
+        While a config update applies, the entity its pending config routes to: the endpoint is moving
+        there, and an old entity the active config still routes must not look like it serves again.
+        """
         detail = self._get(endpoint)
-        if detail is None or detail.config is None:
+        if detail is None:
             return None
-        traffic = _traffic(detail.config)
-        entities = _entities(detail.config)
+        config: Any = detail.config
+        if self._updating(detail) and detail.pending_config is not None and _entities(detail.pending_config):
+            config = detail.pending_config
+        if config is None:
+            return None
+        traffic = _traffic(config)
+        entities = _entities(config)
         if not entities:
             return None
         best = max(entities, key=lambda e: traffic.get(e.name or "", 0))  # first one on a tie
