@@ -206,6 +206,7 @@ class TimerRunner:
             probe = self.schedule.next_after(datetime.now(UTC))
             monitor = self.schedule.next_after(probe) - probe >= timedelta(minutes=1)
         self.status_file = status_dir / f"{function.name}.json" if status_dir is not None and monitor else None
+        self._kept = self._load_status()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"timer-{function.name}", daemon=True)
         self.next_fire: datetime | None = None
@@ -258,8 +259,8 @@ class TimerRunner:
 
     # -- the schedule monitor ----------------------------------------------------------------------
 
-    def _status(self) -> dict[str, str] | None:
-        """The schedule status kept for this timer (``Last``, ``Next``, ``LastUpdated``), if monitored."""
+    def _load_status(self) -> dict[str, str] | None:
+        """The schedule status an earlier host left for this timer, if monitored (read once, at start)."""
         if self.status_file is None:
             return None
         try:
@@ -267,6 +268,10 @@ class TimerRunner:
         except (OSError, ValueError):
             return None
         return raw if isinstance(raw, dict) else None
+
+    def _status(self) -> dict[str, str] | None:
+        """The schedule status kept for this timer (``Last``, ``Next``, ``LastUpdated``), if monitored."""
+        return self._kept
 
     def _missed(self) -> datetime | None:
         """The first occurrence after the last recorded one, if it is already past (Azure's past-due check)."""
@@ -283,13 +288,14 @@ class TimerRunner:
     def _save_status(self, fired: datetime | None, *, upcoming: datetime | None = None) -> None:
         if self.status_file is None:
             return
-        previous = self._status() or {}
+        previous = self._kept or {}
         now = datetime.now(UTC)
         status = {
             "Last": fired.isoformat() if fired is not None else previous.get("Last", ""),
             "Next": (upcoming or self.schedule.next_after(now)).isoformat(),
             "LastUpdated": now.isoformat(),
         }
+        self._kept = status
         try:
             self.status_file.parent.mkdir(parents=True, exist_ok=True)
             temporary = self.status_file.with_suffix(".tmp")

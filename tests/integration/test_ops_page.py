@@ -124,16 +124,22 @@ def _fresh(look: Callable[[], Any]) -> Any:
     return look()
 
 
-def model_card(driver: Any, model: str) -> Any:
-    """The card of ``model`` (names compared as data, never put into a selector)."""
+def _with_data(scope: Any, css: str, **data: str) -> Any:
+    """The first element under ``scope`` matching ``css`` whose ``data-*`` attributes are ``data`` (read again
+    if a refresh replaced it); names are compared as data, never put into a selector."""
 
     def look() -> Any:
-        for card in driver.find_elements("css selector", "#models article.model"):
-            if card.get_attribute("data-model") == model:
-                return card
+        for element in scope.find_elements("css selector", css):
+            if all(element.get_attribute(f"data-{name.replace('_', '-')}") == value for name, value in data.items()):
+                return element
         return None
 
     return _fresh(look)
+
+
+def model_card(driver: Any, model: str) -> Any:
+    """The card of ``model``."""
+    return _with_data(driver, "#models article.model", model=model)
 
 
 def version_row(driver: Any, model: str, version: str) -> Any:
@@ -141,33 +147,17 @@ def version_row(driver: Any, model: str, version: str) -> Any:
 
     def look() -> Any:
         card = model_card(driver, model)
-        if card is not None:
-            for row in card.find_elements("css selector", "li.version"):
-                if row.get_attribute("data-version") == version:
-                    return row
-        return None
+        return None if card is None else _with_data(card, "li.version", version=version)
 
     return _fresh(look)
 
 
 def pending_row(driver: Any, model: str, version: str) -> Any:
-    def look() -> Any:
-        for row in driver.find_elements("css selector", "#approvals tr.pending"):
-            if row.get_attribute("data-model") == model and row.get_attribute("data-version") == version:
-                return row
-        return None
-
-    return _fresh(look)
+    return _with_data(driver, "#approvals tr.pending", model=model, version=version)
 
 
 def dead_row(driver: Any, message_id: str) -> Any:
-    def look() -> Any:
-        for row in driver.find_elements("css selector", "#deadletters tr.dead"):
-            if row.get_attribute("data-message-id") == message_id:
-                return row
-        return None
-
-    return _fresh(look)
+    return _with_data(driver, "#deadletters tr.dead", message_id=message_id)
 
 
 def stage(driver: Any, model: str, version: str) -> str | None:

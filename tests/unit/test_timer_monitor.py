@@ -45,6 +45,15 @@ def started(function: HostedFunction, status_dir: Path) -> TimerRunner:
     return runner
 
 
+def run_for(function: HostedFunction, status_dir: Path, seconds: float) -> tuple[bool, TimerRunner]:
+    """Start a runner, wait up to ``seconds`` for the function to fire, stop it: (fired, the runner)."""
+    runner = started(function, status_dir)
+    try:
+        return function.fired.wait(seconds), runner  # type: ignore[attr-defined]
+    finally:
+        runner.stop()
+
+
 def status_of(folder: Path) -> dict[str, str]:
     return json.loads((folder / "reconcile.json").read_text(encoding="utf-8"))
 
@@ -62,12 +71,8 @@ def test_an_occurrence_missed_while_down_fires_once_at_start_up_as_past_due(tmp_
         )
     )
     calls: list[func.TimerRequest] = []
-    function = timer(HOURLY, calls)
-    runner = started(function, tmp_path)
-    try:
-        assert function.fired.wait(10)  # type: ignore[attr-defined]
-    finally:
-        runner.stop()
+    fired, _ = run_for(timer(HOURLY, calls), tmp_path, 10)
+    assert fired
     assert len(calls) == 1 and calls[0].past_due
     assert calls[0].schedule_status["Last"] == before.isoformat()  # what the function is told about the last run
     status = status_of(tmp_path)
@@ -77,12 +82,8 @@ def test_an_occurrence_missed_while_down_fires_once_at_start_up_as_past_due(tmp_
 
 def test_no_missed_occurrence_no_fire_and_the_status_says_what_is_next(tmp_path: Path) -> None:
     calls: list[func.TimerRequest] = []
-    function = timer(HOURLY, calls)
-    runner = started(function, tmp_path)
-    try:
-        assert not function.fired.wait(1)  # type: ignore[attr-defined]
-    finally:
-        runner.stop()
+    fired, runner = run_for(timer(HOURLY, calls), tmp_path, 1)
+    assert not fired
     assert calls == []
     assert datetime.fromisoformat(status_of(tmp_path)["Next"]) == runner.next_fire
 
@@ -91,12 +92,8 @@ def test_a_restart_before_the_next_occurrence_fires_nothing(tmp_path: Path) -> N
     first = started(timer(HOURLY, []), tmp_path)
     first.stop()
     calls: list[func.TimerRequest] = []
-    again = timer(HOURLY, calls)
-    second = started(again, tmp_path)
-    try:
-        assert not again.fired.wait(1)  # type: ignore[attr-defined]
-    finally:
-        second.stop()
+    fired, _ = run_for(timer(HOURLY, calls), tmp_path, 1)
+    assert not fired
     assert calls == []
 
 
@@ -109,10 +106,6 @@ def test_without_the_monitor_nothing_is_kept_or_caught_up(tmp_path: Path) -> Non
         runner = TimerRunner(function, lambda *args: None, tmp_path)
         assert runner.status_file is None
     calls: list[func.TimerRequest] = []
-    off = timer(HOURLY, calls, useMonitor=False)
-    runner = started(off, tmp_path)
-    try:
-        assert not off.fired.wait(1)  # type: ignore[attr-defined]
-    finally:
-        runner.stop()
+    fired, _ = run_for(timer(HOURLY, calls, useMonitor=False), tmp_path, 1)
+    assert not fired
     assert calls == []

@@ -15,15 +15,12 @@ an identity-based datastore also needs Storage Blob Data Reader on its storage a
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from shared.adapters.azureml.compute import Workspace, azure_errors, describe
 from shared.errors import PermanentError, TransientError
 
 __all__ = ["AzureMLModelFiles", "mlmodel_folder"]
-
-log = logging.getLogger(__name__)
 
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 

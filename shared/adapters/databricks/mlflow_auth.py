@@ -98,12 +98,13 @@ def install_if_wanted(*uris: str | None, host: str | None = None, token: str | N
     """
     if not any(uri and uri.strip() in ("databricks", "databricks-uc") for uri in uris):
         return False
-    if (token or os.environ.get("DATABRICKS_TOKEN")) and not os.environ.get("DATABRICKS_CLIENT_SECRET"):
-        # A personal access token needs no SDK: MLflow's requests path reads it from the environment
-        # and honours MLFLOW_HTTP_REQUEST_TIMEOUT, where its SDK path allows 60 s per request.
-        os.environ.setdefault("MLFLOW_ENABLE_DB_SDK", "false")
-        return False
-    if token or os.environ.get("DATABRICKS_TOKEN") or os.environ.get("DATABRICKS_CLIENT_SECRET"):
+    personal_token = token or os.environ.get("DATABRICKS_TOKEN")
+    client_secret = os.environ.get("DATABRICKS_CLIENT_SECRET")
+    if personal_token or client_secret:
+        if not client_secret:
+            # A personal access token needs no SDK: MLflow's requests path reads it from the environment
+            # and honours MLFLOW_HTTP_REQUEST_TIMEOUT, where its SDK path allows 60 s per request.
+            os.environ.setdefault("MLFLOW_ENABLE_DB_SDK", "false")
         return False
     asked = os.environ.get("DATABRICKS_AUTH_TYPE") == AUTH_TYPE or os.environ.get("ARM_USE_MSI", "").lower() in (
         "1",
